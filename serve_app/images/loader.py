@@ -1,0 +1,158 @@
+"""``ImageLoader``: URL in, ``PreparedImage`` out, without blocking the event loop.
+
+Remote fetches are de-duplicated while in flight by URL; decodes are
+de-duplicated in flight and cached (LRU) by the sha256 of the source bytes.
+A URL is never cached as standing for its content: https and S3 objects
+change, so every load of a remote URL fetches again, and only the decode of
+identical bytes is reused. For data: URLs the content is the URL, so the
+sha256 cache covers them without a fetch at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from serve_app.config import DecodeConfig, FetchConfig
+from serve_app.errors import ImageDecodeError, ImageError
+from serve_app.images.decode import decode_and_resize
+from serve_app.images.grid import ImageGrid
+from serve_app.images.http_fetch import HttpFetcher
+from serve_app.images.prepared import PreparedImage
+from serve_app.images.s3_fetch import S3Fetcher
+from serve_app.images.sources import decode_data_url, parse_s3_url, scheme_of
+from serve_app.images.ssrf import Resolver
+
+T = TypeVar("T")
+
+
+class _SingleFlight:
+    """At most one running task per key; later callers await the same task.
+
+    The work runs as its own task so that one caller being cancelled does
+    not cancel it for the others.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[Any, asyncio.Task[Any]] = {}
+
+    async def run(self, key: Any, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """(result, joined): joined is True when another caller's task did the work."""
+        task = self._tasks.get(key)
+        joined = task is not None
+        if task is None:
+            task = asyncio.get_running_loop().create_task(work())
+            self._tasks[key] = task
+            task.add_done_callback(lambda t, k=key: self._tasks.pop(k, None) if self._tasks.get(k) is t else None)
+        return await asyncio.shield(task), joined
+
+
+class ImageLoader:
+    """Fetches, decodes and resizes images for Pixtral.
+
+    Accepts ``data:image/...;base64,`` URLs, ``https://`` (``http://`` only
+    with ``fetch.allow_http``) and ``s3://bucket/key``. Every failure is a
+    typed ``ImageError`` with ``param`` left for the caller to fill in.
+    ``pixels`` of a returned image are read-only, as they may be shared with
+    the cache.
+    """
+
+    def __init__(
+        self,
+        fetch: FetchConfig,
+        decode: DecodeConfig,
+        grid: ImageGrid,
+        *,
+        s3_client: Any = None,
+        _resolver: Resolver | None = None,
+    ):
+        self._fetch_cfg = fetch
+        self._decode_cfg = decode
+        self._grid = grid
+        self._pool = ThreadPoolExecutor(max_workers=decode.decode_threads, thread_name_prefix="image-decode")
+        self._http: HttpFetcher | None = None
+        self._resolver = _resolver
+        self._s3 = S3Fetcher(fetch, client=s3_client)
+        self._cache: OrderedDict[str, PreparedImage] = OrderedDict()
+        self._fetches = _SingleFlight()
+        self._decodes = _SingleFlight()
+
+    async def load(self, url: str) -> PreparedImage:
+        if not isinstance(url, str):
+            raise ImageError("image URL must be a string")
+        scheme = scheme_of(url)
+        t0 = time.perf_counter()
+        if scheme == "data":
+            data = decode_data_url(url, self._fetch_cfg)
+        elif scheme == "s3":
+            loc = parse_s3_url(url, self._fetch_cfg)
+            data, _ = await self._fetches.run(("s3", url), lambda: self._s3.fetch(url, loc))
+        else:
+            http = self._http_fetcher()
+            data, _ = await self._fetches.run(("http", url), lambda: http.fetch(url))
+        fetch_s = time.perf_counter() - t0
+        return await self._prepare(data, fetch_s)
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _http_fetcher(self) -> HttpFetcher:
+        if self._http is None:
+            self._http = HttpFetcher(self._fetch_cfg, resolver=self._resolver)
+        return self._http
+
+    async def _prepare(self, data: bytes, fetch_s: float) -> PreparedImage:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        digest = await loop.run_in_executor(self._pool, _sha256, data) if len(data) > 1 << 20 else _sha256(data)
+        cached = self._cache_get(digest)
+        if cached is not None:
+            return dataclasses.replace(cached, cache_hit=True, timings={"fetch_s": fetch_s, "decode_s": 0.0})
+
+        async def work() -> PreparedImage:
+            pixels, w, h = await loop.run_in_executor(
+                self._pool, decode_and_resize, data, self._grid, self._decode_cfg.max_pixels
+            )
+            pixels.setflags(write=False)
+            image = PreparedImage(
+                pixels=pixels, sha256=digest, source_width=w, source_height=h, source_bytes=len(data)
+            )
+            self._cache_put(digest, image)
+            return image
+
+        try:
+            image, joined = await self._decodes.run(digest, work)
+        except ImageError:
+            raise
+        except Exception as exc:  # the decode contract is typed errors only; keep it if Pillow surprises us
+            raise ImageDecodeError(f"image is not a decodable image ({type(exc).__name__}: {exc})") from None
+        decode_s = time.perf_counter() - t0
+        return dataclasses.replace(image, cache_hit=joined, timings={"fetch_s": fetch_s, "decode_s": decode_s})
+
+    def _cache_get(self, digest: str) -> PreparedImage | None:
+        image = self._cache.get(digest)
+        if image is not None:
+            self._cache.move_to_end(digest)
+        return image
+
+    def _cache_put(self, digest: str, image: PreparedImage) -> None:
+        size = self._decode_cfg.cache_entries
+        if size <= 0:
+            return
+        self._cache[digest] = image
+        self._cache.move_to_end(digest)
+        while len(self._cache) > size:
+            self._cache.popitem(last=False)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

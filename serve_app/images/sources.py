@@ -1,0 +1,79 @@
+"""Which image URLs we accept, and the cheap checks that need no network."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+
+from serve_app.config import FetchConfig
+from serve_app.errors import (
+    ImageDecodeError,
+    ImageForbiddenError,
+    ImageTooLargeError,
+    UnsupportedImageSourceError,
+)
+
+_DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+
+def short(url: str, limit: int = 80) -> str:
+    """A URL cut for error messages (data: URLs can be megabytes)."""
+    return url if len(url) <= limit else url[: limit - 3] + "..."
+
+
+def decode_data_url(url: str, config: FetchConfig) -> bytes:
+    """The payload of a ``data:image/...;base64,`` URL, size-checked before decoding."""
+    match = _DATA_URL.match(url)
+    if match is None:
+        raise UnsupportedImageSourceError(f"data URL is malformed: {short(url)}")
+    mime = match["mime"].strip().lower()
+    params = [p.strip().lower() for p in match["params"].split(";") if p.strip()]
+    if not mime.startswith("image/"):
+        raise UnsupportedImageSourceError(
+            f"data URL has media type {mime or 'none'!r}; only image/* is accepted"
+        )
+    if "base64" not in params:
+        raise UnsupportedImageSourceError("data URL must be base64-encoded (data:image/...;base64,...)")
+    payload = url[match.end():]
+    # 4 base64 characters carry 3 bytes; check before spending memory on decoding.
+    if len(payload) > (config.max_data_url_bytes + 2) // 3 * 4 + 4:
+        raise ImageTooLargeError(f"image exceeds {config.max_data_url_bytes} bytes (data URL)")
+    try:
+        data = base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageDecodeError("data URL payload is not valid base64") from None
+    if len(data) > config.max_data_url_bytes:
+        raise ImageTooLargeError(f"image exceeds {config.max_data_url_bytes} bytes (data URL)")
+    if not data:
+        raise ImageDecodeError("data URL payload is empty; image is not a decodable image")
+    return data
+
+
+def parse_s3_url(url: str, config: FetchConfig) -> S3Location:
+    """``s3://bucket/key`` with the bucket allow-list applied."""
+    rest = url[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        raise UnsupportedImageSourceError(f"S3 URL must be s3://bucket/key: {short(url)}")
+    if config.s3_allowed_buckets and bucket not in config.s3_allowed_buckets:
+        raise ImageForbiddenError(f"S3 bucket {bucket!r} is not in the allowed buckets")
+    return S3Location(bucket, key)
+
+
+def scheme_of(url: str) -> str:
+    """Lower-cased scheme, or raise UnsupportedImageSourceError for anything we do not fetch."""
+    head, sep, _ = url.partition(":")
+    scheme = head.lower() if sep else ""
+    if scheme in ("data", "https", "http", "s3"):
+        return scheme
+    raise UnsupportedImageSourceError(
+        f"unsupported image URL {short(url, 40)!r}: use https://, s3:// or a data:image/...;base64 URL"
+    )

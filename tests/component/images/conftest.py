@@ -1,0 +1,215 @@
+"""Loopback servers for the image fetch tests: an HTTP image host and moto's S3."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def make_jpeg(width: int, height: int, exif_orientation: int | None = None) -> bytes:
+    yy, xx = np.mgrid[0:height, 0:width]
+    arr = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1), (xx + yy) % 256], -1)
+    image = Image.fromarray(arr.astype(np.uint8))
+    buf = io.BytesIO()
+    kwargs = {}
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kwargs["exif"] = exif
+    image.save(buf, "JPEG", quality=90, **kwargs)
+    return buf.getvalue()
+
+
+def make_png_alpha(width: int = 64, height: int = 48) -> bytes:
+    arr = np.zeros((height, width, 4), np.uint8)
+    arr[..., 0] = 200
+    arr[..., 3] = 0  # fully transparent → white
+    arr[: height // 2, :, 3] = 255  # top half opaque red-ish
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGBA").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def make_bomb_png(side: int = 20000) -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (side, side)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+JPEG = make_jpeg(320, 240)
+ROTATED = make_jpeg(300, 200, exif_orientation=6)
+TRUNCATED = JPEG[: len(JPEG) // 2]
+ALPHA_PNG = make_png_alpha()
+BOMB = make_bomb_png()
+BIG = b"\xff" * (300 * 1024)
+
+
+class ImageServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.hits: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.stop_slow = threading.Event()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def count(self, path: str) -> int:
+        with self.lock:
+            return self.hits[path]
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # clients that hang up early (byte cap, timeouts) are part of the tests
+
+    def reset(self) -> None:
+        with self.lock:
+            self.hits.clear()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ImageServer
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes = b"", ctype: str = "image/jpeg", headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: C901 - a route table
+        path, _, query = self.path.partition("?")
+        with self.server.lock:
+            self.server.hits[path] += 1
+            hits = self.server.hits[path]
+        routes = {
+            "/img.jpg": lambda: self._send(200, JPEG),
+            "/rotated.jpg": lambda: self._send(200, ROTATED),
+            "/truncated.jpg": lambda: self._send(200, TRUNCATED),
+            "/alpha.png": lambda: self._send(200, ALPHA_PNG, "image/png"),
+            "/bomb.png": lambda: self._send(200, BOMB, "image/png"),
+            "/notimage": lambda: self._send(200, b"<html>hello</html>", "text/html"),
+            "/404": lambda: self._send(404, b"nope", "text/plain"),
+            "/410": lambda: self._send(410, b"gone", "text/plain"),
+            "/403": lambda: self._send(403, b"no", "text/plain"),
+            "/401": lambda: self._send(401, b"no", "text/plain"),
+            "/418": lambda: self._send(418, b"teapot", "text/plain"),
+            "/always500": lambda: self._send(500, b"err", "text/plain"),
+            "/flaky": lambda: self._send(500, b"err", "text/plain") if hits == 1 else self._send(200, JPEG),
+            "/big-with-length": lambda: self._send(200, BIG),
+            "/redirect-ok": lambda: self._send(302, headers={"Location": "/img.jpg"}),
+            "/redirect-loop": lambda: self._send(302, headers={"Location": "/redirect-loop"}),
+            "/redirect-chain-2": lambda: self._send(301, headers={"Location": "/redirect-ok"}),
+            "/redirect-metadata": lambda: self._send(
+                302, headers={"Location": "http://169.254.169.254/latest/meta-data/"}
+            ),
+            "/redirect-elsewhere": lambda: self._send(
+                302, headers={"Location": f"http://other.test:{self.server.server_address[1]}/img.jpg"}
+            ),
+            "/redirect-ftp": lambda: self._send(302, headers={"Location": "ftp://example.com/x.jpg"}),
+        }
+        if path in routes:
+            routes[path]()
+        elif path == "/slow-jpg":
+            # a short JPEG delayed past the test's deadline
+            time.sleep(0.6)
+            self._send(200, JPEG)
+        elif path == "/big-chunked":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                for _ in range(64):
+                    chunk = b"\xff" * 16384
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                pass
+        elif path == "/slow-forever":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(10**7))
+            self.end_headers()
+            try:
+                deadline = time.monotonic() + 30
+                while not self.server.stop_slow.is_set() and time.monotonic() < deadline:
+                    self.wfile.write(b"\xff")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+            self.close_connection = True
+        else:
+            self._send(404, b"no route", "text/plain")
+
+
+@pytest.fixture(scope="session")
+def image_server():
+    server = ImageServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.stop_slow.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """``python -m moto.server`` on a free loopback port; yields its endpoint URL."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait(timeout=5)
+                pytest.fail(f"moto_server did not start within 30 s: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+    yield endpoint
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
