@@ -1,0 +1,1 @@
+"""pixtral-serve: Mistral's Pixtral models behind an OpenAI-compatible API on Ray Serve + vLLM."""

@@ -1,0 +1,176 @@
+"""One pydantic tree for the application's arguments (the ``args`` of config.yaml).
+
+Validated exactly once, in ``serve_app.app.build_app``; typed objects travel
+down through ``.bind()``. Every model forbids unknown keys so that a typo in
+config.yaml is an error naming the key, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AutoscalingConfig(_Strict):
+    """Ray Serve autoscaling for one deployment (a subset of Serve's own options)."""
+
+    min_replicas: int = Field(1, ge=0, description="Replicas kept even when idle.")
+    max_replicas: int = Field(1, ge=1, description="Upper bound on replicas.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at start; min_replicas if unset.")
+    target_ongoing_requests: float = Field(
+        2.0,
+        gt=0,
+        description="Ongoing requests per replica the autoscaler aims for. Unlike Ray Serve "
+        "LLM's 1e9 default, this actually scales.",
+    )
+    upscale_delay_s: float = Field(10.0, ge=0, description="Seconds above target before adding replicas.")
+    downscale_delay_s: float = Field(120.0, ge=0, description="Seconds below target before removing replicas.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must be <= max_replicas")
+        return self
+
+    def to_serve(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class DeploymentConfig(_Strict):
+    """Resources and scaling of one Ray Serve deployment."""
+
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved by each replica.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica accepts at once.")
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Replica scaling.")
+
+
+class IngressConfig(DeploymentConfig):
+    """The HTTP ingress: validation, auth, streaming."""
+
+    api_keys: list[str] = Field(default_factory=list, description="Accepted bearer keys (prefer api_keys_env).")
+    api_keys_env: str | None = Field(
+        "PIXTRAL_SERVE_API_KEYS",
+        description="Environment variable holding comma-separated bearer keys, read at replica start.",
+    )
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    max_ongoing_requests: int = Field(512, ge=1, description="Requests one ingress replica accepts at once.")
+
+    def resolved_api_keys(self) -> frozenset[str]:
+        keys = set(self.api_keys)
+        if self.api_keys_env:
+            keys.update(k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip())
+        return frozenset(keys)
+
+
+class FetchConfig(_Strict):
+    """Limits on getting image bytes from a URL."""
+
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Cap on one image's source bytes.")
+    max_data_url_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Cap on one decoded data: URL.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="TCP/TLS connect timeout.")
+    total_timeout_s: float = Field(20.0, gt=0, description="Whole-fetch deadline, retries included.")
+    max_redirects: int = Field(3, ge=0, description="Redirect hops followed, each re-checked.")
+    retries: int = Field(2, ge=0, description="Retries on 5xx and connection errors only.")
+    retry_backoff_s: float = Field(0.2, ge=0, description="First backoff; doubles per retry.")
+    allow_http: bool = Field(False, description="Accept plain http:// URLs (https:// always accepted).")
+    allowed_domains: list[str] = Field(
+        default_factory=list, description="If set, only these hosts (and their subdomains) are fetched."
+    )
+    block_private_addresses: bool = Field(
+        True,
+        description="SSRF guard: refuse loopback, private, link-local and other non-public "
+        "addresses after DNS resolution. Turn off only for tests or private stores.",
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); AWS if unset.")
+    s3_region: str | None = Field(None, description="S3 region; boto3's default chain if unset.")
+    s3_allowed_buckets: list[str] = Field(default_factory=list, description="If set, only these buckets.")
+
+
+class DecodeConfig(_Strict):
+    """Limits on decoding image bytes."""
+
+    max_pixels: int = Field(50_000_000, ge=1, description="Decompression-bomb guard on width*height.")
+    cache_entries: int = Field(256, ge=0, description="LRU cache of decoded images per pool replica.")
+    decode_threads: int = Field(2, ge=1, description="Threads per pool replica that decode off the event loop.")
+
+
+class ImagePoolConfig(DeploymentConfig):
+    """The CPU image pool: fetch, decode, resize, hash."""
+
+    fetch: FetchConfig = Field(default_factory=FetchConfig, description="Fetch limits and policy.")
+    decode: DecodeConfig = Field(default_factory=DecodeConfig, description="Decode limits.")
+    max_ongoing_requests: int = Field(32, ge=1, description="Images one pool replica works on at once.")
+
+
+class EngineConfig(_Strict):
+    """vLLM engine arguments (``AsyncEngineArgs``) for Pixtral."""
+
+    model: str = Field(description="Hugging Face repo id or local folder of a mistral-format checkpoint.")
+    tokenizer: str | None = Field(
+        None,
+        description="Tokenizer file (tekken.json / *.model.v7m1) used to build prompts; "
+        "found in the model folder if unset.",
+    )
+    tokenizer_mode: Literal["mistral"] = Field("mistral", description="Pixtral needs mistral_common's tokenizer.")
+    config_format: Literal["mistral", "auto"] = Field("mistral", description="params.json checkpoints.")
+    load_format: Literal["mistral", "dummy", "auto", "safetensors"] = Field(
+        "mistral", description="dummy = random weights (benchmarks; image content is then ignored)."
+    )
+    dtype: str = Field("bfloat16", description="Weights and activations dtype.")
+    max_model_len: int = Field(32768, ge=256, description="Prompt + output tokens per sequence.")
+    max_images_per_prompt: int = Field(4, ge=0, description="limit_mm_per_prompt image count.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (one placement group).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
+    enforce_eager: bool = Field(False, description="Skip CUDA graphs / torch.compile (fast start, slower).")
+    seed: int = Field(0, description="Engine seed.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further AsyncEngineArgs passed through unchanged (checked against vLLM's own fields).",
+    )
+
+
+class LLMDeploymentConfig(DeploymentConfig):
+    """The vLLM replicas."""
+
+    accelerator: Literal["gpu", "cpu"] = Field("gpu", description="gpu: placement groups of GPU bundles.")
+    cpus_per_gpu_worker: float = Field(1.0, ge=0, description="CPUs in each GPU bundle of the placement group.")
+    placement_strategy: Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "STRICT_PACK", description="Placement group strategy for the replica's bundles."
+    )
+    max_ongoing_requests: int = Field(256, ge=1, description="Requests one vLLM replica accepts at once.")
+    engine_start_timeout_s: float = Field(1800.0, gt=0, description="Replica health-check grace at start.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment for the replica (runtime_env).")
+
+
+class AppConfig(_Strict):
+    """Arguments of the pixtral-serve application (``serve_app.app:build_app``)."""
+
+    served_model_name: str = Field(description="The `model` name clients send and /v1/models lists.")
+    engine: EngineConfig = Field(description="vLLM engine arguments.")
+    llm: LLMDeploymentConfig = Field(default_factory=LLMDeploymentConfig, description="vLLM replicas.")
+    image_pool: ImagePoolConfig = Field(default_factory=ImagePoolConfig, description="CPU image pool.")
+    ingress: IngressConfig = Field(default_factory=IngressConfig, description="HTTP ingress.")
+    default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request gives none.")
+
+    def tokenizer_path(self) -> Path:
+        """The tokenizer file prompts are built with."""
+        if self.engine.tokenizer:
+            return Path(self.engine.tokenizer)
+        folder = Path(self.engine.model)
+        for name in ("tekken.json",):
+            if (folder / name).is_file():
+                return folder / name
+        candidates = sorted(folder.glob("tokenizer.model.v*")) if folder.is_dir() else []
+        if candidates:
+            return candidates[-1]
+        raise ValueError(
+            f"engine.tokenizer is not set and no tokenizer file was found in {folder}; "
+            "set engine.tokenizer to the tekken.json or tokenizer.model.v* file"
+        )

@@ -1,0 +1,163 @@
+"""Pixtral prompts from OpenAI messages, tokenized exactly as mistral_common does.
+
+The image pool has already resized every image to its token grid, so the only
+thing the tokenizer needs from an image is its size. ``_GridOnlyImageEncoder``
+gives mistral_common the image token run without its float32 resize and
+normalise (vLLM does those once more anyway), and hands back the pool's uint8
+pixels so that the engine receives the images in the order mistral_common
+placed them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mistral_common.protocol.instruct.chunk import ImageChunk, TextChunk
+from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+from mistral_common.protocol.instruct.request import ChatCompletionRequest
+from mistral_common.tokens.tokenizers.image import ImageEncoder, ImageEncoding
+from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+from PIL import Image
+
+from serve_app.errors import InvalidRequestError, TooManyImagesError
+from serve_app.images.grid import ImageGrid
+from serve_app.images.prepared import PreparedImage
+from serve_app.tiny_model import MISTRAL_COMMON_DATA
+
+PACKAGED_PREFIX = "mistral_common:"
+
+
+def resolve_tokenizer_file(spec: str | Path) -> Path:
+    """A tokenizer path, or ``mistral_common:<file>`` for one in mistral_common's package data."""
+    text = str(spec)
+    if text.startswith(PACKAGED_PREFIX):
+        path = MISTRAL_COMMON_DATA / text[len(PACKAGED_PREFIX) :]
+    else:
+        path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file not found: {path}")
+    return path
+
+
+class _GridOnlyImageEncoder(ImageEncoder):
+    def __call__(self, content: ImageChunk) -> ImageEncoding:  # type: ignore[override]
+        prepared = content.image
+        width, height = prepared.size
+        cols, rows = self._image_to_num_tokens(prepared)
+        tile = self.image_config.image_patch_size * self.image_config.spatial_merge_size
+        if (cols * tile, rows * tile) != (width, height):
+            raise InvalidRequestError(
+                f"image of {width}x{height} is not on Pixtral's {tile}-pixel grid; the image pool resizes first"
+            )
+        tokens = ([self.special_ids.img] * cols + [self.special_ids.img_break]) * rows
+        tokens[-1] = self.special_ids.img_end
+        # Hand back the pool's own pixels, tagged with their content id, so that
+        # encoded.images lists our images in the order mistral_common placed them.
+        pixels = prepared.info["pixels"].view(_TaggedPixels)
+        pixels.content_id = prepared.info["content_id"]
+        return ImageEncoding(tokens=tokens, image=pixels)
+
+
+class _TaggedPixels(np.ndarray):
+    content_id: str = ""
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """Token ids with the image token runs in place, and the images in prompt order."""
+
+    token_ids: list[int]
+    images: list[Image.Image]
+    image_ids: list[str]
+
+
+class PixtralPromptBuilder:
+    """Builds ``ChatPrompt`` objects with mistral_common's ``encode_chat_completion``."""
+
+    def __init__(self, tokenizer_file: str | Path):
+        self.tokenizer_file = resolve_tokenizer_file(tokenizer_file)
+        self._tokenizer = MistralTokenizer.from_file(str(self.tokenizer_file))
+        instruct = self._tokenizer.instruct_tokenizer
+        encoder = instruct.image_encoder
+        if encoder is None:
+            raise ValueError(f"{self.tokenizer_file} has no image encoder: not a Pixtral tokenizer")
+        instruct.image_encoder = _GridOnlyImageEncoder(encoder.image_config, encoder.special_ids)
+        config = encoder.image_config
+        self.grid = ImageGrid(
+            patch_size=config.image_patch_size,
+            spatial_merge_size=config.spatial_merge_size,
+            max_image_size=config.max_image_size,
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.instruct_tokenizer.tokenizer.n_words
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(token_ids))
+
+    def build(self, messages: Sequence[dict[str, Any]], images: Sequence[PreparedImage]) -> ChatPrompt:
+        """Tokenize OpenAI-shaped ``messages``; ``images`` fill their image parts in order.
+
+        Each message is ``{"role": ..., "content": str | [{"type": "text", "text": ...} |
+        {"type": "image_url"}]}`` (already validated by the API models).
+        """
+        pending = list(images)
+        converted = []
+        for message in messages:
+            role = message["role"]
+            content = message["content"]
+            if role == "system":
+                converted.append(SystemMessage(content=_text_of(content, role)))
+            elif role == "assistant":
+                converted.append(AssistantMessage(content=_text_of(content, role)))
+            elif role == "user":
+                converted.append(UserMessage(content=_user_chunks(content, pending)))
+            else:
+                raise InvalidRequestError(f"unsupported message role {role!r}", param="messages")
+        if pending:
+            raise TooManyImagesError(f"{len(pending)} image(s) were given without an image_url part")
+        try:
+            encoded = self._tokenizer.encode_chat_completion(ChatCompletionRequest(messages=converted))
+        except InvalidRequestError:
+            raise
+        except Exception as exc:  # mistral_common validates message order and content
+            raise InvalidRequestError(f"messages cannot be encoded for Pixtral: {exc}", param="messages") from exc
+        return ChatPrompt(
+            token_ids=list(encoded.tokens),
+            images=[Image.fromarray(np.asarray(pixels)) for pixels in encoded.images],
+            image_ids=[pixels.content_id for pixels in encoded.images],
+        )
+
+
+def _text_of(content: str | list[dict[str, Any]], role: str) -> str:
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.get("type") != "text":
+            raise InvalidRequestError(f"{role} messages may only contain text", param="messages")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _user_chunks(content: str | list[dict[str, Any]], pending: list[PreparedImage]) -> str | list:
+    if isinstance(content, str):
+        return content
+    chunks: list[TextChunk | ImageChunk] = []
+    for part in content:
+        if part["type"] == "text":
+            chunks.append(TextChunk(text=part["text"]))
+        else:
+            if not pending:
+                raise TooManyImagesError("more image_url parts than prepared images", param="messages")
+            prepared = pending.pop(0)
+            image = Image.fromarray(prepared.pixels)
+            image.info["pixels"] = prepared.pixels
+            image.info["content_id"] = f"{prepared.sha256}-{prepared.width}x{prepared.height}"
+            chunks.append(ImageChunk(image=image))
+    return chunks

@@ -1,0 +1,154 @@
+"""The one error family of pixtral-serve.
+
+Every failure a client can cause, or that a client must be told about, is a
+``PixtralServeError``. Only the ingress turns these into OpenAI error bodies
+(``serve_app.api.errors``); every other stage raises them and nothing else
+decides an HTTP status.
+
+    PixtralServeError                      500 server_error
+    ├── InvalidRequestError                400 invalid_request_error
+    │   ├── UnknownModelError              404 model_not_found
+    │   ├── ImageError                     400 (names the image index)
+    │   │   ├── UnsupportedImageSourceError  400 (file://, ftp://, bare paths)
+    │   │   ├── ImageDecodeError           400 (not an image, truncated, bomb)
+    │   │   ├── ImageTooLargeError         413 (bytes or pixels past a cap)
+    │   │   ├── ImageNotFoundError         400 (404 from the host, missing S3 key)
+    │   │   ├── ImageForbiddenError        403 (S3 denied, host not allowed, SSRF)
+    │   │   ├── ImageFetchTimeoutError     504 (slow or unreachable source)
+    │   │   └── ImageFetchError            502 (host kept failing: 5xx after retries)
+    │   └── TooManyImagesError             400
+    ├── AuthenticationError                401
+    └── EngineError                        500/503 (engine dead or overloaded)
+
+The classes pickle by their keyword arguments so that they survive a Ray
+DeploymentHandle hop with their status, param and code intact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PixtralServeError(Exception):
+    """Base of every error this service raises on purpose."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    default_code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.param, self.code))
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def _rebuild(cls: type[PixtralServeError], message: str, param: str | None, code: str | None):
+    return cls(message, param=param, code=code)
+
+
+class InvalidRequestError(PixtralServeError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    default_code = "invalid_request"
+
+
+class UnknownModelError(InvalidRequestError):
+    status_code = 404
+    default_code = "model_not_found"
+
+
+class TooManyImagesError(InvalidRequestError):
+    default_code = "too_many_images"
+
+
+class ImageError(InvalidRequestError):
+    """A problem with one image of the request; ``param`` names which one."""
+
+    default_code = "invalid_image"
+
+
+class UnsupportedImageSourceError(ImageError):
+    default_code = "unsupported_image_url"
+
+
+class ImageDecodeError(ImageError):
+    default_code = "invalid_image"
+
+
+class ImageTooLargeError(ImageError):
+    status_code = 413
+    default_code = "image_too_large"
+
+
+class ImageNotFoundError(ImageError):
+    default_code = "image_not_found"
+
+
+class ImageForbiddenError(ImageError):
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "image_forbidden"
+
+
+class ImageFetchTimeoutError(ImageError):
+    status_code = 504
+    error_type = "timeout_error"
+    default_code = "image_fetch_timeout"
+
+
+class ImageFetchError(ImageError):
+    """The image host failed in a way that is not the client's fault (5xx after retries)."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    default_code = "image_fetch_failed"
+
+
+class AuthenticationError(PixtralServeError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class EngineError(PixtralServeError):
+    status_code = 500
+    error_type = "server_error"
+    default_code = "engine_error"
+
+
+class EngineOverloadedError(EngineError):
+    status_code = 503
+    default_code = "engine_overloaded"
+
+
+__all__ = [
+    "AuthenticationError",
+    "EngineError",
+    "EngineOverloadedError",
+    "ImageDecodeError",
+    "ImageError",
+    "ImageFetchError",
+    "ImageFetchTimeoutError",
+    "ImageForbiddenError",
+    "ImageNotFoundError",
+    "ImageTooLargeError",
+    "InvalidRequestError",
+    "PixtralServeError",
+    "TooManyImagesError",
+    "UnknownModelError",
+    "UnsupportedImageSourceError",
+]
