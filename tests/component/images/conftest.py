@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -10,8 +11,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import boto3
 import numpy as np
 import pytest
 from PIL import Image
@@ -181,12 +184,64 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class MotoS3:
+    endpoint: str
+    admin: tuple[str, str]  # may do anything
+    reader: tuple[str, str]  # may only s3:GetObject on READABLE_PREFIX
+    bucket: str = "images"
+
+    def client(self, creds: tuple[str, str]):
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=creds[0],
+            aws_secret_access_key=creds[1],
+        )
+
+
+READABLE_PREFIX = "public/"
+_NO_AUTH_ACTIONS = 3  # create_user, create_access_key, put_user_policy; IAM is enforced after that
+
+
+def _bootstrap_iam(endpoint: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    def iam(creds):
+        return boto3.client(
+            "iam", endpoint_url=endpoint, region_name="us-east-1",
+            aws_access_key_id=creds[0], aws_secret_access_key=creds[1],
+        )
+
+    anon = iam(("bootstrap", "bootstrap"))
+    anon.create_user(UserName="admin")
+    key = anon.create_access_key(UserName="admin")["AccessKey"]
+    admin = (key["AccessKeyId"], key["SecretAccessKey"])
+    anon.put_user_policy(UserName="admin", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    ))
+    as_admin = iam(admin)
+    as_admin.create_user(UserName="reader")
+    key = as_admin.create_access_key(UserName="reader")["AccessKey"]
+    reader = (key["AccessKeyId"], key["SecretAccessKey"])
+    as_admin.put_user_policy(UserName="reader", PolicyName="read-public", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
+                       "Resource": f"arn:aws:s3:::images/{READABLE_PREFIX}*"}],
+    }))
+    return admin, reader
+
+
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory):
-    """``python -m moto.server`` on a free loopback port; yields its endpoint URL."""
+    """``python -m moto.server`` on a free loopback port with IAM enforced.
+
+    moto checks credentials and IAM policies only when
+    ``INITIAL_NO_AUTH_ACTION_COUNT`` is set; the first few calls bootstrap an
+    admin and a read-only user, every later call is authenticated.
+    """
     port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(_NO_AUTH_ACTIONS)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -206,10 +261,15 @@ def moto_server(tmp_path_factory):
                 proc.wait(timeout=5)
                 pytest.fail(f"moto_server did not start within 30 s: {log.read_text()[-2000:]}")
             time.sleep(0.1)
-    yield endpoint
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+        admin, reader = _bootstrap_iam(endpoint)
+        moto = MotoS3(endpoint, admin, reader)
+        moto.client(admin).create_bucket(Bucket=moto.bucket)
+        yield moto
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

@@ -1,0 +1,150 @@
+"""SSRF guard with block_private_addresses=True: refused before any connection."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpcore
+import pytest
+
+import serve_app.images.http_fetch as http_fetch
+import serve_app.images.ssrf as ssrf
+from serve_app.config import DecodeConfig, FetchConfig
+from serve_app.errors import ImageForbiddenError
+from serve_app.images import ImageGrid, ImageLoader
+
+GUARDED = dict(allow_http=True, block_private_addresses=True, total_timeout_s=5.0, retries=0)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+@pytest.fixture
+def connects(monkeypatch):
+    """Every address the fetcher really opened a TCP connection to."""
+    seen: list[str] = []
+    real = httpcore.AnyIOBackend.connect_tcp
+
+    async def spy(self, host, port, *args, **kwargs):
+        seen.append(host)
+        return await real(self, host, port, *args, **kwargs)
+
+    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", spy)
+    return seen
+
+
+@pytest.fixture
+def exempt_test_server(monkeypatch):
+    """Treat 127.0.0.1 (our image server) as public; every other rule still applies."""
+    real = ssrf.blocked_reason
+
+    def reason(ip: str):
+        return None if ip == "127.0.0.1" else real(ip)
+
+    monkeypatch.setattr(ssrf, "blocked_reason", reason)
+    monkeypatch.setattr(http_fetch, "blocked_reason", reason)
+
+
+def fake_dns(table: dict[str, list[str]], calls: list[str] | None = None):
+    async def resolve(host: str, port: int) -> list[str]:
+        if calls is not None:
+            calls.append(host)
+        if host not in table:
+            raise OSError(f"no such host {host}")
+        return table[host]
+
+    return resolve
+
+
+async def load(url: str, resolver=None, **fetch_kw):
+    loader = ImageLoader(FetchConfig(**{**GUARDED, **fetch_kw}), DecodeConfig(), ImageGrid(), _resolver=resolver)
+    try:
+        return await loader.load(url)
+    finally:
+        await loader.aclose()
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "169.254.169.254", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:169.254.169.254]", "0.0.0.0",
+     "10.1.2.3", "192.168.0.1", "172.16.5.5", "100.64.0.1", "224.0.0.1", "240.0.0.1", "[fe80::1]", "[fc00::1]"],
+)
+def test_literal_private_addresses_refused_without_connecting(image_server, connects, host):
+    image_server.reset()
+    port = image_server.server_address[1]
+    with pytest.raises(ImageForbiddenError, match="refusing to fetch") as info:
+        run(load(f"http://{host}:{port}/img.jpg"))
+    assert info.value.status_code == 403
+    assert connects == []
+    assert image_server.count("/img.jpg") == 0
+
+
+def test_name_resolving_to_private_is_refused_after_dns(connects):
+    calls: list[str] = []
+    with pytest.raises(ImageForbiddenError, match=r"'internal\.test' resolves to 10\.0\.0\.7"):
+        run(load("http://internal.test/img.jpg", resolver=fake_dns({"internal.test": ["10.0.0.7"]}, calls)))
+    assert calls == ["internal.test"]
+    assert connects == []
+
+
+def test_any_private_answer_refuses_the_host(connects):
+    dns = fake_dns({"mixed.test": ["93.184.216.34", "127.0.0.1"]})
+    with pytest.raises(ImageForbiddenError, match="127.0.0.1"):
+        run(load("http://mixed.test/img.jpg", resolver=dns))
+    assert connects == []
+
+
+def test_localhost_through_system_resolver_is_refused(image_server, connects):
+    port = image_server.server_address[1]
+    with pytest.raises(ImageForbiddenError, match="loopback"):
+        run(load(f"http://localhost:{port}/img.jpg"))
+    assert connects == []
+
+
+def test_connection_is_pinned_to_the_checked_address(image_server, connects, exempt_test_server):
+    calls: list[str] = []
+    port = image_server.server_address[1]
+    image = run(load(f"http://img.test:{port}/img.jpg", resolver=fake_dns({"img.test": ["127.0.0.1"]}, calls)))
+    assert image.pixels.shape == (240, 320, 3)
+    assert calls == ["img.test"]
+    assert connects == ["127.0.0.1"]  # the checked IP, never the name re-resolved
+
+
+def test_redirect_to_metadata_address_refused(image_server, connects, exempt_test_server):
+    image_server.reset()
+    port = image_server.server_address[1]
+    with pytest.raises(ImageForbiddenError, match="169.254.169.254"):
+        run(load(f"http://img.test:{port}/redirect-metadata", resolver=fake_dns({"img.test": ["127.0.0.1"]})))
+    assert image_server.count("/redirect-metadata") == 1
+    assert connects == ["127.0.0.1"]
+
+
+def test_redirect_to_name_resolving_private_refused(image_server, connects, exempt_test_server):
+    port = image_server.server_address[1]
+    dns = fake_dns({"img.test": ["127.0.0.1"], "other.test": ["192.168.1.1"]})
+    with pytest.raises(ImageForbiddenError, match="other.test"):
+        run(load(f"http://img.test:{port}/redirect-elsewhere", resolver=dns))
+    assert connects == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("ip", "blocked"),
+    [
+        ("8.8.8.8", False),
+        ("93.184.216.34", False),
+        ("2001:4860:4860::8888", False),
+        ("127.0.0.53", True),
+        ("169.254.169.254", True),
+        ("::ffff:10.0.0.1", True),
+        ("::ffff:8.8.8.8", False),
+        ("2002:7f00:1::", True),  # 6to4 wrapping 127.0.0.1
+        ("64:ff9b::a00:1", True),
+        ("ff02::1", True),
+        ("::", True),
+        ("fd12:3456::1", True),
+        ("198.18.0.1", True),
+    ],
+)
+def test_address_classification(ip, blocked):
+    assert (ssrf.blocked_reason(ip) is not None) is blocked
