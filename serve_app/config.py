@@ -159,17 +159,17 @@ class AppConfig(_Strict):
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="HTTP ingress.")
     default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request gives none.")
 
-    def tokenizer_path(self) -> Path:
-        """The tokenizer file prompts are built with."""
+    def tokenizer_path(self) -> str:
+        """The tokenizer file prompts are built with (``mistral_common:<file>`` = packaged)."""
         if self.engine.tokenizer:
-            return Path(self.engine.tokenizer)
+            return self.engine.tokenizer
         folder = Path(self.engine.model)
         for name in ("tekken.json",):
             if (folder / name).is_file():
-                return folder / name
+                return str(folder / name)
         candidates = sorted(folder.glob("tokenizer.model.v*")) if folder.is_dir() else []
         if candidates:
-            return candidates[-1]
+            return str(candidates[-1])
         raise ValueError(
             f"engine.tokenizer is not set and no tokenizer file was found in {folder}; "
             "set engine.tokenizer to the tekken.json or tokenizer.model.v* file"

@@ -43,6 +43,24 @@ def resolve_tokenizer_file(spec: str | Path) -> Path:
     return path
 
 
+def image_grid_of(tokenizer_file: str | Path) -> ImageGrid:
+    """The image grid (patch, merge, max size) a Pixtral tokenizer encodes images with."""
+    tokenizer = MistralTokenizer.from_file(str(resolve_tokenizer_file(tokenizer_file)))
+    encoder = tokenizer.instruct_tokenizer.image_encoder
+    if encoder is None:
+        raise ValueError(f"{tokenizer_file} has no image encoder: not a Pixtral tokenizer")
+    return _grid_from(encoder)
+
+
+def _grid_from(encoder: ImageEncoder) -> ImageGrid:
+    config = encoder.image_config
+    return ImageGrid(
+        patch_size=config.image_patch_size,
+        spatial_merge_size=config.spatial_merge_size,
+        max_image_size=config.max_image_size,
+    )
+
+
 class _GridOnlyImageEncoder(ImageEncoder):
     def __call__(self, content: ImageChunk) -> ImageEncoding:  # type: ignore[override]
         prepared = content.image
@@ -86,12 +104,7 @@ class PixtralPromptBuilder:
         if encoder is None:
             raise ValueError(f"{self.tokenizer_file} has no image encoder: not a Pixtral tokenizer")
         instruct.image_encoder = _GridOnlyImageEncoder(encoder.image_config, encoder.special_ids)
-        config = encoder.image_config
-        self.grid = ImageGrid(
-            patch_size=config.image_patch_size,
-            spatial_merge_size=config.spatial_merge_size,
-            max_image_size=config.max_image_size,
-        )
+        self.grid = _grid_from(encoder)
 
     @property
     def vocab_size(self) -> int:

@@ -1,0 +1,1 @@
+"""OpenAI wire models and the mapping of errors to OpenAI error bodies."""

@@ -1,0 +1,74 @@
+"""The one place where exceptions become OpenAI error bodies and HTTP statuses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.responses import JSONResponse
+
+from serve_app.errors import EngineOverloadedError, InvalidRequestError, PixtralServeError
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The exception a replica raised, out of Ray's wrappers around a DeploymentHandle call."""
+    seen = 0
+    while seen < 5:
+        cause = getattr(exc, "cause", None)
+        if cause is None or not isinstance(cause, BaseException):
+            break
+        exc = cause
+        seen += 1
+    if type(exc).__name__ in {"ActorDiedError", "ActorUnavailableError", "DeploymentUnavailableError"}:
+        return EngineOverloadedError("a replica is unavailable; retry the request")
+    return exc
+
+
+def as_service_error(exc: BaseException) -> PixtralServeError:
+    exc = unwrap(exc)
+    if isinstance(exc, PixtralServeError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return InvalidRequestError(_describe_validation(exc), param=_first_param(exc))
+    logger.error("unexpected error", exc_info=exc)
+    return PixtralServeError("internal server error")
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    error = as_service_error(exc)
+    return JSONResponse(error.to_body(), status_code=error.status_code)
+
+
+def sse_error_event(exc: BaseException) -> str:
+    """A failure after the first streamed byte: one SSE event carrying the error body."""
+    return f"data: {json.dumps(as_service_error(exc).to_body())}\n\n"
+
+
+def _loc(error: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for item in error.get("loc", ()):
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _first_param(exc: ValidationError) -> str | None:
+    errors = exc.errors()
+    return _loc(errors[0]) or None if errors else None
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = _loc(error)
+        message = error.get("msg", "invalid")
+        if error.get("type") == "extra_forbidden":
+            message = "unknown or unsupported field"
+        parts.append(f"{where}: {message}" if where else message)
+    return "invalid request: " + "; ".join(parts)

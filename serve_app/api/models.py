@@ -1,0 +1,159 @@
+"""OpenAI chat-completions wire models: what we accept, and the chunks we send back."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextPart(_Wire):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Wire):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImageURLPart(_Wire):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_as_string(cls, data: Any) -> Any:
+        # Some clients send "image_url": "https://..." instead of {"url": ...}.
+        if isinstance(data, dict) and isinstance(data.get("image_url"), str):
+            return {**data, "image_url": {"url": data["image_url"]}}
+        return data
+
+
+ContentPart = Annotated[TextPart | ImageURLPart, Field(discriminator="type")]
+
+
+class ChatMessage(_Wire):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+    name: str | None = None
+
+
+class StreamOptions(_Wire):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Wire):
+    """The subset of OpenAI's request that Pixtral serving supports; anything else is a 400."""
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1)
+    user: str | None = None
+    ignore_eos: bool = Field(False, description="vLLM extension: keep generating past EOS (benchmarks).")
+
+    @field_validator("n")
+    @classmethod
+    def _single_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is supported")
+        return value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        stops = [value] if isinstance(value, str) else value
+        if isinstance(stops, list) and (len(stops) > 4 or any(not s for s in stops)):
+            raise ValueError("stop takes at most 4 non-empty strings")
+        return stops
+
+    def image_urls(self) -> list[tuple[str, str]]:
+        """(url, param path) of every image part, in message order."""
+        found = []
+        for i, message in enumerate(self.messages):
+            if isinstance(message.content, list):
+                for j, part in enumerate(message.content):
+                    if isinstance(part, ImageURLPart):
+                        found.append((part.image_url.url, f"messages[{i}].content[{j}].image_url.url"))
+        return found
+
+    def plain_messages(self) -> list[dict[str, Any]]:
+        """Messages as plain dicts with image URLs dropped (the pool already has them)."""
+        plain = []
+        for message in self.messages:
+            if isinstance(message.content, str):
+                content: Any = message.content
+            else:
+                content = [
+                    {"type": "text", "text": part.text} if isinstance(part, TextPart) else {"type": "image_url"}
+                    for part in message.content
+                ]
+            plain.append({"role": message.role, "content": content})
+        return plain
+
+
+def completion_body(
+    *, request_id: str, model: str, text: str, finish_reason: str | None, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_body(prompt_tokens, completion_tokens),
+    }
+
+
+def chunk_body(
+    *,
+    request_id: str,
+    model: str,
+    created: int,
+    delta: dict[str, Any],
+    finish_reason: str | None,
+    usage: dict[str, int] | None = None,
+    with_choice: bool = True,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": request_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+        if with_choice
+        else [],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

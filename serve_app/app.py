@@ -1,0 +1,67 @@
+"""The Serve application builder: ``import_path: serve_app.app:build_app``.
+
+Validates the application args once (``AppConfig``) and wires the three
+deployments: OpenAIIngress -> ImagePool (CPU) and PixtralServer (vLLM).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from serve_app.config import AppConfig, DeploymentConfig, LLMDeploymentConfig
+from serve_app.deployments.image_pool import ImagePool
+from serve_app.deployments.ingress import OpenAIIngress
+from serve_app.deployments.pixtral_server import PixtralServer, vllm_engine_factory
+from serve_app.engine.prompt import image_grid_of
+
+
+def placement_bundles(llm: LLMDeploymentConfig, tensor_parallel_size: int) -> list[dict[str, float]]:
+    """One GPU bundle per tensor-parallel rank; the replica itself sits in the first."""
+    bundles = [{"CPU": llm.cpus_per_gpu_worker, "GPU": 1.0} for _ in range(tensor_parallel_size)]
+    bundles[0]["CPU"] += llm.num_cpus
+    return bundles
+
+
+def _common_options(deployment: DeploymentConfig) -> dict[str, Any]:
+    return {
+        "max_ongoing_requests": deployment.max_ongoing_requests,
+        "autoscaling_config": deployment.autoscaling.to_serve(),
+    }
+
+
+def llm_options(config: AppConfig) -> dict[str, Any]:
+    llm = config.llm
+    actor: dict[str, Any] = {"num_cpus": llm.num_cpus}
+    if llm.env:
+        actor["runtime_env"] = {"env_vars": dict(llm.env)}
+    options = {
+        **_common_options(llm),
+        "ray_actor_options": actor,
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 60,
+        "graceful_shutdown_timeout_s": 30,
+    }
+    if llm.accelerator == "gpu":
+        tp = config.engine.tensor_parallel_size
+        # With TP 1 the engine runs in the replica and needs its GPU; with TP > 1 vLLM's
+        # Ray workers take the GPUs of the replica's placement group.
+        actor["num_gpus"] = 1 if tp == 1 else 0
+        options["placement_group_bundles"] = placement_bundles(llm, tp)
+        options["placement_group_strategy"] = llm.placement_strategy
+    return options
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    config = AppConfig.model_validate(args)
+    grid = image_grid_of(config.tokenizer_path())
+    pool = ImagePool.options(
+        **_common_options(config.image_pool),
+        ray_actor_options={"num_cpus": config.image_pool.num_cpus},
+    ).bind(config.image_pool, grid)
+    llm = PixtralServer.options(**llm_options(config)).bind(config, vllm_engine_factory)
+    return OpenAIIngress.options(
+        **_common_options(config.ingress),
+        ray_actor_options={"num_cpus": config.ingress.num_cpus},
+    ).bind(config, pool, llm)

@@ -1,0 +1,1 @@
+"""Thin Ray Serve deployments wiring the pipeline stages together."""

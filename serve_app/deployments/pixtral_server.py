@@ -1,0 +1,75 @@
+"""PixtralServer: one vLLM engine per replica, on its own placement group of GPUs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator, Callable
+
+from ray import serve
+
+from serve_app.config import AppConfig
+from serve_app.engine.prompt import PixtralPromptBuilder
+from serve_app.engine.protocol import Engine, GenerationChunk, SamplingSettings
+from serve_app.errors import EngineError, InvalidRequestError
+from serve_app.images import PreparedImage
+
+logger = logging.getLogger(__name__)
+
+EngineFactory = Callable[[AppConfig], Engine]
+
+
+def vllm_engine_factory(config: AppConfig) -> Engine:
+    from serve_app.engine.vllm_engine import VLLMEngine
+
+    backend = "ray" if config.llm.accelerator == "gpu" and config.engine.tensor_parallel_size > 1 else None
+    return VLLMEngine(config.engine, distributed_executor_backend=backend)
+
+
+@serve.deployment(name="PixtralServer")
+class PixtralServer:
+    async def __init__(self, config: AppConfig, engine_factory: EngineFactory = vllm_engine_factory):
+        self._config = config
+        self._prompts = PixtralPromptBuilder(config.tokenizer_path())
+        self._engine = engine_factory(config)
+        try:
+            await asyncio.wait_for(self._engine.start(), timeout=config.llm.engine_start_timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise EngineError(f"engine did not start within {config.llm.engine_start_timeout_s} s") from exc
+
+    async def generate(
+        self,
+        messages: list[dict[str, Any]],
+        images: list[PreparedImage],
+        sampling: dict[str, Any],
+        request_id: str,
+    ) -> AsyncIterator[GenerationChunk]:
+        prompt = await asyncio.to_thread(self._prompts.build, messages, images)
+        room = self._config.engine.max_model_len - len(prompt.token_ids)
+        if room < 1:
+            raise InvalidRequestError(
+                f"the prompt is {len(prompt.token_ids)} tokens; this model takes at most "
+                f"{self._config.engine.max_model_len} tokens including the output",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        requested = sampling.pop("max_tokens", None)
+        if requested is not None and requested > room:
+            raise InvalidRequestError(
+                f"max_tokens={requested} does not fit: the prompt is {len(prompt.token_ids)} tokens and "
+                f"the context is {self._config.engine.max_model_len}",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        max_tokens = requested if requested is not None else min(self._config.default_max_tokens, room)
+        settings = SamplingSettings(max_tokens=max_tokens, **sampling)
+        async for chunk in self._engine.generate(prompt, settings, request_id):
+            yield chunk
+
+    async def check_health(self) -> None:
+        await self._engine.check_health()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.shutdown()

@@ -1,0 +1,167 @@
+"""One local Ray + one Serve app on the tiny Pixtral for the whole e2e session."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_MODEL = REPO / ".cache" / "tiny-pixtral-12b"
+START_TIMEOUT_S = 420
+
+for key, value in {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "VLLM_NO_USAGE_STATS": "1",
+    "HF_HUB_OFFLINE": "1",
+}.items():
+    os.environ.setdefault(key, value)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_app_args(**overrides) -> dict:
+    """The args of config.cpu.yaml (the real embedded default), with test overrides merged in."""
+    config = yaml.safe_load((REPO / "config.cpu.yaml").read_text())
+    args = copy.deepcopy(config["applications"][0]["args"])
+    args["engine"]["model"] = str(TINY_MODEL)
+    _merge(args, overrides)
+    return args
+
+
+def _merge(target: dict, updates: dict) -> None:
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from serve_app.tiny_model import write_tiny_model
+
+    if not (TINY_MODEL / "consolidated.safetensors").is_file():
+        write_tiny_model(TINY_MODEL)
+    return TINY_MODEL
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    return "test-key-" + os.urandom(6).hex()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A real S3-compatible server (moto_server) on loopback, ended by its pid."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            break
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto_server did not start within 30 s")
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def served(tiny_model, api_key, moto_endpoint):
+    """Ray (local, loopback) + the Serve app; yields the base URL."""
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+    os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+    port = free_port()
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = cpu_app_args(
+            ingress={"api_keys": [api_key]},
+            image_pool={
+                "fetch": {
+                    "allow_http": True,
+                    "block_private_addresses": False,
+                    "s3_endpoint_url": moto_endpoint,
+                    "s3_region": "us-east-1",
+                }
+            },
+        )
+        started = time.monotonic()
+        # serve.run waits for the replicas without a deadline; the health poll bounds it.
+        deploy = threading.Thread(
+            target=serve.run,
+            args=(build_app(args),),
+            kwargs={"name": "pixtral", "route_prefix": "/"},
+            daemon=True,
+        )
+        deploy.start()
+        _wait_healthy(f"http://127.0.0.1:{port}", started)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _wait_healthy(base: str, started: float) -> None:
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=5) as response:
+                if response.status == 200:
+                    print(f"app healthy after {time.monotonic() - started:.1f} s")
+                    return
+        except Exception:
+            pass
+        if time.monotonic() - started > START_TIMEOUT_S:
+            raise RuntimeError(f"app not healthy within {START_TIMEOUT_S} s")
+        time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def client(served, api_key):
+    from openai import OpenAI
+
+    return OpenAI(base_url=served + "/v1", api_key=api_key, timeout=120, max_retries=0)
