@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -32,9 +33,11 @@ def encode(arr: np.ndarray, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def jpeg(width: int, height: int, seed: int = 0, quality: int = 90, **kw) -> bytes:
-    return encode(photo_like(width, height, seed), "JPEG", quality=quality, **kw)
+@functools.lru_cache(maxsize=32)
+def jpeg(width: int, height: int, seed: int = 0, quality: int = 90) -> bytes:
+    return encode(photo_like(width, height, seed), "JPEG", quality=quality)
 
 
+@functools.lru_cache(maxsize=32)
 def png(width: int, height: int, seed: int = 0) -> bytes:
     return encode(photo_like(width, height, seed), "PNG")
