@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ALPHA_PNG, JPEG
+from payloads import ALPHA_PNG, JPEG
 
 from serve_app.config import DecodeConfig, FetchConfig
 from serve_app.errors import (

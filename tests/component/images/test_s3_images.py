@@ -8,7 +8,9 @@ import socket
 import time
 
 import pytest
-from conftest import JPEG, READABLE_PREFIX
+from payloads import JPEG
+
+READABLE_PREFIX = "public/"  # must match conftest.READABLE_PREFIX
 
 from serve_app.config import DecodeConfig, FetchConfig
 from serve_app.errors import (

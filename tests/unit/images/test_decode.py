@@ -10,7 +10,7 @@ import io
 import cv2
 import numpy as np
 import pytest
-from conftest import encode, jpeg, photo_like, png
+from synthetic import encode, jpeg, photo_like, png
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mistral_common.tokens.tokenizers.image import _convert_to_rgb

@@ -18,7 +18,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import jpeg, png
+from synthetic import jpeg, png
 from mistral_common.tokens.tokenizers.image import (
     DATASET_MEAN,
     DATASET_STD,

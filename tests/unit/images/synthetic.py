@@ -1,4 +1,4 @@
-"""Synthetic images for the decode and parity tests (no network)."""
+"""Synthetic images for the decode and parity tests (imported by name; no network)."""
 
 from __future__ import annotations
 
