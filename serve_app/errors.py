@@ -7,7 +7,7 @@ decides an HTTP status.
 
     PixtralServeError                      500 server_error
     ├── InvalidRequestError                400 invalid_request_error
-    │   ├── UnknownModelError              404 model_not_found
+    │   ├── UnknownModelError              400 model_not_found
     │   ├── ImageError                     400 (names the image index)
     │   │   ├── UnsupportedImageSourceError  400 (file://, ftp://, bare paths)
     │   │   ├── ImageDecodeError           400 (not an image, truncated, bomb)
@@ -67,7 +67,6 @@ class InvalidRequestError(PixtralServeError):
 
 
 class UnknownModelError(InvalidRequestError):
-    status_code = 404
     default_code = "model_not_found"
 
 

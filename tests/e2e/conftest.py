@@ -165,3 +165,35 @@ def client(served, api_key):
     from openai import OpenAI
 
     return OpenAI(base_url=served + "/v1", api_key=api_key, timeout=120, max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def image_server():
+    """A loopback HTTP server for images: put bytes in ``routes`` by path."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    routes: dict[str, tuple[str, bytes]] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path not in routes:
+                self.send_error(404)
+                return
+            content_type, body = routes[self.path]
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.routes = routes
+    server.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import urllib.request
 
+import httpx
 import numpy as np
 import pytest
+from mistral_common.protocol.instruct.chunk import ImageURLChunk, TextChunk
+from mistral_common.protocol.instruct.messages import SystemMessage, UserMessage
+from mistral_common.protocol.instruct.request import ChatCompletionRequest
+from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+from openai import APIStatusError, BadRequestError
 from PIL import Image
 
+MODEL = "tiny-pixtral"
 
-def jpeg_data_url(seed: int, size=(320, 240)) -> str:
+
+def jpeg_bytes(seed: int, size=(320, 240)) -> bytes:
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def data_url(payload: bytes, mime: str = "image/jpeg") -> str:
+    return f"data:{mime};base64," + base64.b64encode(payload).decode()
 
 
 def user_message(*image_urls: str, text: str = "Describe the image.") -> dict:
@@ -24,10 +38,204 @@ def user_message(*image_urls: str, text: str = "Describe the image.") -> dict:
     return {"role": "user", "content": content}
 
 
-def test_non_streaming_with_one_image(client):
-    response = client.chat.completions.create(
-        model="tiny-pixtral", messages=[user_message(jpeg_data_url(1))], max_tokens=8, temperature=0
-    )
+@pytest.fixture(scope="module")
+def reference_tokenizer(tiny_model) -> MistralTokenizer:
+    return MistralTokenizer.from_file(str(tiny_model / "tekken.json"))
+
+
+def reference_prompt_tokens(tokenizer, text: str, *urls: str, system: str | None = None) -> int:
+    """What mistral_common itself counts for the same conversation (original images)."""
+    chunks = [TextChunk(text=text)] + [ImageURLChunk(image_url=url) for url in urls]
+    messages = ([SystemMessage(content=system)] if system else []) + [UserMessage(content=chunks)]
+    return len(tokenizer.encode_chat_completion(ChatCompletionRequest(messages=messages)).tokens)
+
+
+def complete(client, messages, **kwargs):
+    kwargs.setdefault("max_tokens", 8)
+    kwargs.setdefault("temperature", 0)
+    return client.chat.completions.create(model=MODEL, messages=messages, **kwargs)
+
+
+def test_one_image_non_streaming_reports_mistral_common_usage(client, reference_tokenizer):
+    url = data_url(jpeg_bytes(1, (500, 300)))
+    response = complete(client, [user_message(url)])
+    assert response.object == "chat.completion"
+    assert response.model == MODEL
+    assert response.choices[0].message.role == "assistant"
     assert response.choices[0].finish_reason == "length"
     assert response.usage.completion_tokens == 8
-    assert response.usage.prompt_tokens > 300
+    assert response.usage.prompt_tokens == reference_prompt_tokens(reference_tokenizer, "Describe the image.", url)
+    assert response.usage.total_tokens == response.usage.prompt_tokens + 8
+
+
+def test_streaming_matches_non_streaming(client):
+    messages = [user_message(data_url(jpeg_bytes(2)))]
+    full = complete(client, messages, max_tokens=10)
+    stream = complete(client, messages, max_tokens=10, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(chunks) >= 3
+    assert text == full.choices[0].message.content
+    assert finishes == ["length"]
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 10
+    assert chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
+
+
+def test_two_images_and_text_only(client, reference_tokenizer):
+    first, second = data_url(jpeg_bytes(3, (256, 256))), data_url(jpeg_bytes(4, (640, 480)))
+    two = complete(client, [user_message(first, second, text="Compare.")])
+    assert two.usage.prompt_tokens == reference_prompt_tokens(reference_tokenizer, "Compare.", first, second)
+    text_only = complete(client, [{"role": "user", "content": "Hello there"}])
+    expected = len(
+        reference_tokenizer.encode_chat_completion(
+            ChatCompletionRequest(messages=[UserMessage(content="Hello there")])
+        ).tokens
+    )
+    assert text_only.usage.prompt_tokens == expected
+    assert text_only.choices[0].message.content
+
+
+def test_system_and_assistant_turns(client, reference_tokenizer):
+    from mistral_common.protocol.instruct.messages import AssistantMessage
+
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        user_message(data_url(jpeg_bytes(5))),
+    ]
+    response = complete(client, messages)
+    expected = reference_tokenizer.encode_chat_completion(
+        ChatCompletionRequest(
+            messages=[
+                SystemMessage(content="Be brief."),
+                UserMessage(content="Hi"),
+                AssistantMessage(content="Hello"),
+                UserMessage(
+                    content=[
+                        TextChunk(text="Describe the image."),
+                        ImageURLChunk(image_url=data_url(jpeg_bytes(5))),
+                    ]
+                ),
+            ]
+        )
+    )
+    assert response.usage.prompt_tokens == len(expected.tokens)
+
+
+def test_image_changes_the_output_and_same_image_repeats_it(client):
+    first, second = data_url(jpeg_bytes(10, (512, 384))), data_url(jpeg_bytes(11, (512, 384)))
+    a1 = complete(client, [user_message(first)], max_tokens=16).choices[0].message.content
+    b = complete(client, [user_message(second)], max_tokens=16).choices[0].message.content
+    a2 = complete(client, [user_message(first)], max_tokens=16).choices[0].message.content
+    assert a1 == a2
+    assert a1 != b
+
+
+def test_image_from_local_http_server(client, image_server):
+    payload = jpeg_bytes(20, (400, 400))
+    image_server.routes["/photo.jpg"] = ("image/jpeg", payload)
+    by_http = complete(client, [user_message(f"{image_server.base_url}/photo.jpg")])
+    by_data = complete(client, [user_message(data_url(payload))])
+    assert by_http.usage.prompt_tokens == by_data.usage.prompt_tokens
+    assert by_http.choices[0].message.content == by_data.choices[0].message.content
+
+
+def test_models_and_health(client, served):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    with urllib.request.urlopen(served + "/health", timeout=10) as response:
+        assert json.loads(response.read()) == {"status": "ok"}
+
+
+def _post(served, api_key, body: bytes | dict, key: str | None = "use-fixture") -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {api_key if key == 'use-fixture' else key}"
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(served + "/v1/chat/completions", content=content, headers=headers, timeout=60)
+
+
+def _assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+def test_auth_is_required(served, api_key):
+    good = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    _assert_openai_error(_post(served, api_key, good, key=None), 401, "invalid_api_key")
+    _assert_openai_error(_post(served, api_key, good, key="wrong"), 401, "invalid_api_key")
+    assert _post(served, api_key, good).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, code, param",
+    [
+        (b"{not json", "invalid_json", None),
+        ({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, "model_not_found", "model"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}, "invalid_request", "n"),
+        ({"model": MODEL, "messages": []}, "invalid_request", "messages"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 5}, "invalid_request", "temperature"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {}}, "invalid_request", "logit_bias"),
+    ],
+    ids=["malformed-json", "unknown-model", "n-2", "no-messages", "temperature", "unsupported-field"],
+)
+def test_bad_requests_get_openai_errors(served, api_key, body, code, param):
+    error = _assert_openai_error(_post(served, api_key, body), 400, code)
+    if param is not None:
+        assert error["param"] == param
+
+
+@pytest.mark.parametrize(
+    "url, code",
+    [
+        (data_url(b"this is not an image at all", "image/png"), "invalid_image"),
+        ("data:image/jpeg;base64,@@@not-base64@@@", None),
+        ("file:///etc/passwd", "unsupported_image_url"),
+        ("ftp://example.com/a.jpg", "unsupported_image_url"),
+    ],
+    ids=["not-an-image", "bad-base64", "file-url", "ftp-url"],
+)
+def test_bad_images_get_400_naming_the_image(client, url, code):
+    with pytest.raises(BadRequestError) as info:
+        complete(client, [user_message(data_url(jpeg_bytes(1)), url)])
+    error = info.value.body
+    assert error["param"] == "messages[0].content[2].image_url.url"
+    assert error["message"].startswith("image 1:")
+    if code is not None:
+        assert error["code"] == code
+    # The server is still fine afterwards.
+    assert complete(client, [user_message(data_url(jpeg_bytes(1)))]).usage.completion_tokens == 8
+
+
+def test_more_images_than_the_limit(client):
+    urls = [data_url(jpeg_bytes(i, (64, 64))) for i in range(3)]  # config.cpu.yaml allows 2
+    with pytest.raises(BadRequestError) as info:
+        complete(client, [user_message(*urls)])
+    assert info.value.body["code"] == "too_many_images"
+    assert complete(client, [user_message(*urls[:2])]).choices[0].finish_reason == "length"
+
+
+def test_missing_image_on_http_host_is_a_client_error(client, image_server):
+    with pytest.raises(APIStatusError) as info:
+        complete(client, [user_message(f"{image_server.base_url}/missing.jpg")])
+    assert info.value.status_code == 400
+    assert info.value.body["code"] == "image_not_found"
+
+
+def test_prompt_longer_than_the_context(client):
+    with pytest.raises(BadRequestError) as info:
+        complete(client, [{"role": "user", "content": "word " * 9000}])
+    assert info.value.body["code"] == "context_length_exceeded"
+
+
+def test_unknown_path_is_an_openai_404(served):
+    response = httpx.get(served + "/v1/nothing", timeout=10)
+    _assert_openai_error(response, 404, "not_found")
