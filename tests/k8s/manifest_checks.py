@@ -82,6 +82,11 @@ def close_schema(node: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
+def crd_validator(filename: str) -> jsonschema.protocols.Validator:
+    return jsonschema.Draft7Validator(crd_schema(filename))
+
+
+@functools.lru_cache(maxsize=None)
 def crd_schema(filename: str) -> dict[str, Any]:
     """The strict v1 openAPIV3Schema of a KubeRay CRD; metadata is left to ObjectMeta."""
     if not CRD_DIR.is_dir():
@@ -113,7 +118,7 @@ def validate_kuberay(obj: dict[str, Any]) -> None:
     """Strict check of a KubeRay object: its CRD schema, its metadata as ObjectMeta."""
     files = {"RayService": "ray.io_rayservices.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
     assert obj["apiVersion"] == "ray.io/v1", obj["apiVersion"]
-    jsonschema.Draft7Validator(crd_schema(files[obj["kind"]])).validate(obj)
+    crd_validator(files[obj["kind"]]).validate(obj)
     k8s_definition_validator("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta").validate(obj["metadata"])
 
 

@@ -1,0 +1,108 @@
+"""The optional PodMonitor (monitoring.coreos.com/v1). Its CRD is not in shared/, so it is
+checked against a strict schema of the prometheus-operator v1 fields it uses."""
+
+from __future__ import annotations
+
+import copy
+
+import jsonschema
+import pytest
+
+from manifest_checks import only, pod_templates, rendered, validate_core
+
+_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+_RELABEL = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "sourceLabels": {"type": "array", "items": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"}},
+        "separator": {"type": "string"},
+        "targetLabel": {"type": "string"},
+        "regex": {"type": "string"},
+        "modulus": {"type": "integer"},
+        "replacement": {"type": "string"},
+        "action": {"enum": ["replace", "keep", "drop", "hashmod", "labelmap", "labeldrop", "labelkeep"]},
+    },
+}
+PODMONITOR_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PodMonitor"},
+        "metadata": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}, "labels": _LABELS, "annotations": _LABELS},
+        },
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "podMetricsEndpoints"],
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}},
+                },
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": _LABELS, "matchExpressions": {"type": "array"}},
+                },
+                "podMetricsEndpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": {"type": "string", "pattern": "^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                            "scrapeTimeout": {"type": "string"},
+                            "honorLabels": {"type": "boolean"},
+                            "relabelings": {"type": "array", "items": _RELABEL},
+                            "metricRelabelings": {"type": "array", "items": _RELABEL},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def _podmonitor() -> dict:
+    return only(rendered("pixtral-12b-eks"), "PodMonitor")
+
+
+def test_podmonitor_matches_schema() -> None:
+    pm = _podmonitor()
+    jsonschema.Draft202012Validator(PODMONITOR_SCHEMA).validate(pm)
+    validate_core({"apiVersion": "v1", "kind": "ConfigMap", "metadata": pm["metadata"]})  # ObjectMeta, strictly
+
+
+def test_podmonitor_schema_is_strict() -> None:
+    pm = copy.deepcopy(_podmonitor())
+    pm["spec"]["podMetricsEndpoints"][0]["intervall"] = "15s"
+    with pytest.raises(jsonschema.ValidationError, match="intervall"):
+        jsonschema.Draft202012Validator(PODMONITOR_SCHEMA).validate(pm)
+
+
+def test_podmonitor_selects_every_ray_pod_on_a_declared_port() -> None:
+    pm = _podmonitor()
+    selector = pm["spec"]["selector"]["matchLabels"]
+    port = pm["spec"]["podMetricsEndpoints"][0]["port"]
+    for name, template in pod_templates(only(rendered("pixtral-12b-eks"), "RayService")):
+        assert selector.items() <= template["metadata"]["labels"].items(), name
+        assert port in {p["name"] for p in template["spec"]["containers"][0]["ports"]}, name
+
+
+def test_monitoring_is_optional() -> None:
+    assert not [o for o in rendered("pixtral-12b") + rendered("pixtral-large") if o["kind"] == "PodMonitor"]
