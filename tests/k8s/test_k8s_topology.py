@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import ray
-import tomllib
 
 from manifest_checks import (
     REPO_ROOT,
@@ -50,8 +49,7 @@ def test_ray_version_pinned_in_step(overlay: str) -> None:
     rs = only(rendered(overlay), "RayService")
     version = rs["spec"]["rayClusterConfig"]["rayVersion"]
     assert version == ray.__version__
-    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    assert f"ray[serve]=={version}" in pyproject["project"]["dependencies"]
+    assert f'"ray[serve]=={version}"' in (REPO_ROOT / "pyproject.toml").read_text()
     for _, template in pod_templates(rs):
         assert re.search(rf":[^/]*-ray{re.escape(version)}-", _container(template)["image"])
     dockerfile = (REPO_ROOT / "k8s" / "image" / "Dockerfile").read_text()
