@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import cv2
+
 from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
@@ -17,6 +19,9 @@ _SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 @serve.deployment(name="ImagePool")
 class ImagePool:
     def __init__(self, config: ImagePoolConfig, grid: ImageGrid):
+        # Parallelism comes from decode threads and replicas; OpenCV's own threads
+        # would oversubscribe the replica's CPUs.
+        cv2.setNumThreads(1)
         self._loader = ImageLoader(config.fetch, config.decode, grid)
         self._fetch_s = Histogram(
             "pixtral_image_fetch_seconds", description="Time to get an image's bytes.", boundaries=_SECONDS

@@ -1,0 +1,108 @@
+"""OpenAI wire models and error bodies (no Ray)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.api.errors import as_service_error, error_response
+from serve_app.api.models import ChatCompletionRequest
+from serve_app import errors
+
+
+def request(**fields) -> dict:
+    return {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+
+
+def test_minimal_request_defaults():
+    chat = ChatCompletionRequest.model_validate(request())
+    assert chat.stop == [] and chat.temperature == 1.0 and not chat.stream
+
+
+def test_image_parts_are_listed_with_their_param_path():
+    chat = ChatCompletionRequest.model_validate(
+        request(
+            messages=[
+                {"role": "system", "content": "s"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "a"},
+                        {"type": "image_url", "image_url": {"url": "https://x/1.jpg"}},
+                        {"type": "image_url", "image_url": "https://x/2.jpg"},
+                    ],
+                },
+            ]
+        )
+    )
+    assert chat.image_urls() == [
+        ("https://x/1.jpg", "messages[1].content[1].image_url.url"),
+        ("https://x/2.jpg", "messages[1].content[2].image_url.url"),
+    ]
+    assert chat.plain_messages()[1]["content"] == [
+        {"type": "text", "text": "a"},
+        {"type": "image_url"},
+        {"type": "image_url"},
+    ]
+
+
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"n": 2}, "n"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"frobnicate": True}, "frobnicate"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+    ],
+)
+def test_invalid_requests_map_to_400_naming_the_field(fields, param):
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate(request(**fields))
+    error = as_service_error(info.value)
+    assert error.status_code == 400
+    assert error.param == param
+
+
+def test_stop_string_becomes_a_list():
+    assert ChatCompletionRequest.model_validate(request(stop="END")).stop == ["END"]
+
+
+@pytest.mark.parametrize(
+    "cls, status",
+    [
+        (errors.ImageNotFoundError, 400),
+        (errors.ImageForbiddenError, 403),
+        (errors.ImageTooLargeError, 413),
+        (errors.ImageFetchTimeoutError, 504),
+        (errors.UnknownModelError, 400),
+        (errors.AuthenticationError, 401),
+        (errors.EngineOverloadedError, 503),
+    ],
+)
+def test_typed_errors_keep_status_param_and_code_through_pickle(cls, status):
+    original = cls("boom", param="messages[0].content[1].image_url.url")
+    copy = pickle.loads(pickle.dumps(original))
+    assert type(copy) is cls
+    assert (copy.message, copy.param, copy.code) == (original.message, original.param, original.code)
+    response = error_response(copy)
+    assert response.status_code == status
+    assert b'"param":"messages[0].content[1].image_url.url"' in response.body
+
+
+def test_unexpected_exceptions_are_500_without_details():
+    error = as_service_error(RuntimeError("secret internal detail"))
+    assert error.status_code == 500
+    assert "secret" not in error.message
+
+
+def test_ray_wrapped_errors_are_unwrapped():
+    class FakeRayTaskError(Exception):
+        def __init__(self, cause):
+            self.cause = cause
+
+    inner = errors.ImageDecodeError("bad")
+    assert as_service_error(FakeRayTaskError(inner)) is inner

@@ -1,0 +1,101 @@
+"""Config validation, Serve options and placement groups (no Ray cluster started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.app import build_app, llm_options, placement_bundles
+from serve_app.config import AppConfig, LLMDeploymentConfig
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG_FILES = ["config.yaml", "config.cpu.yaml"]
+
+
+def app_args(name: str) -> dict:
+    return yaml.safe_load((REPO / name).read_text())["applications"][0]["args"]
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_shipped_configs_validate_with_serve_and_ours(name):
+    document = yaml.safe_load((REPO / name).read_text())
+    schema = ServeDeploySchema.parse_obj(document)
+    assert schema.applications[0].import_path == "serve_app.app:build_app"
+    AppConfig.model_validate(app_args(name))
+
+
+def test_typo_in_a_nested_key_is_named():
+    args = app_args("config.yaml")
+    args["image_pool"]["fetch"] = {"max_image_byte": 10}
+    with pytest.raises(ValidationError) as info:
+        AppConfig.model_validate(args)
+    assert "image_pool.fetch.max_image_byte" in str(info.value)
+    assert info.value.errors()[0]["loc"] == ("image_pool", "fetch", "max_image_byte")
+    assert info.value.errors()[0]["type"] == "extra_forbidden"
+
+
+def test_autoscaling_bounds_are_checked():
+    args = app_args("config.yaml")
+    args["llm"]["autoscaling"] = {"min_replicas": 3, "max_replicas": 2}
+    with pytest.raises(ValidationError, match="min_replicas"):
+        AppConfig.model_validate(args)
+
+
+@pytest.mark.parametrize("tp", [1, 2, 8])
+def test_placement_bundles_one_gpu_per_rank(tp):
+    llm = LLMDeploymentConfig(num_cpus=2, cpus_per_gpu_worker=1)
+    bundles = placement_bundles(llm, tp)
+    assert len(bundles) == tp
+    assert all(bundle["GPU"] == 1 for bundle in bundles)
+    assert bundles[0]["CPU"] == 3  # the replica's own CPUs sit in the first bundle
+    assert all(bundle["CPU"] == 1 for bundle in bundles[1:])
+
+
+@pytest.mark.parametrize("tp, replica_gpus", [(1, 1), (8, 0)])
+def test_gpu_llm_options(tp, replica_gpus):
+    args = app_args("config.yaml")
+    args["engine"]["tensor_parallel_size"] = tp
+    options = llm_options(AppConfig.model_validate(args))
+    assert options["ray_actor_options"]["num_gpus"] == replica_gpus
+    assert len(options["placement_group_bundles"]) == tp
+    assert options["placement_group_strategy"] == "STRICT_PACK"
+    assert options["autoscaling_config"]["target_ongoing_requests"] < 1000
+
+
+def test_cpu_llm_options_have_no_gpus():
+    args = app_args("config.cpu.yaml")
+    options = llm_options(AppConfig.model_validate(args))
+    assert "placement_group_bundles" not in options
+    assert "num_gpus" not in options["ray_actor_options"]
+    assert options["ray_actor_options"]["num_cpus"] <= 0.5
+    assert options["ray_actor_options"]["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+def test_build_app_accepts_the_gpu_config_without_touching_a_gpu():
+    assert build_app(app_args("config.yaml")) is not None
+
+
+def test_tokenizer_found_in_the_model_folder(tmp_path):
+    (tmp_path / "tekken.json").write_text("{}")
+    config = AppConfig.model_validate({"served_model_name": "m", "engine": {"model": str(tmp_path)}})
+    assert config.tokenizer_path() == str(tmp_path / "tekken.json")
+    empty = AppConfig.model_validate({"served_model_name": "m", "engine": {"model": str(tmp_path / "none")}})
+    with pytest.raises(ValueError, match="engine.tokenizer"):
+        empty.tokenizer_path()
+
+
+def test_engine_extra_keys_are_checked_against_vllm():
+    from serve_app.config import EngineConfig
+    from serve_app.engine.vllm_engine import engine_kwargs
+
+    good = engine_kwargs(EngineConfig(model="m", extra={"mm_processor_cache_gb": 0}))
+    assert good["mm_processor_cache_gb"] == 0
+    assert good["limit_mm_per_prompt"] == {"image": 4}
+    with pytest.raises(ValueError, match="mm_procesor_cache_gb"):
+        engine_kwargs(EngineConfig(model="m", extra={"mm_procesor_cache_gb": 0}))
+    with pytest.raises(ValueError, match="max_model_len"):
+        engine_kwargs(EngineConfig(model="m", extra={"max_model_len": 10}))
