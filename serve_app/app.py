@@ -10,18 +10,11 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_app.config import AppConfig, DeploymentConfig, LLMDeploymentConfig
+from serve_app.config import AppConfig, DeploymentConfig
 from serve_app.deployments.image_pool import ImagePool
 from serve_app.deployments.ingress import OpenAIIngress
 from serve_app.deployments.pixtral_server import PixtralServer, vllm_engine_factory
 from serve_app.engine.prompt import image_grid_of
-
-
-def placement_bundles(llm: LLMDeploymentConfig, tensor_parallel_size: int) -> list[dict[str, float]]:
-    """One GPU bundle per tensor-parallel rank; the replica itself sits in the first."""
-    bundles = [{"CPU": llm.cpus_per_gpu_worker, "GPU": 1.0} for _ in range(tensor_parallel_size)]
-    bundles[0]["CPU"] += llm.num_cpus
-    return bundles
 
 
 def _common_options(deployment: DeploymentConfig) -> dict[str, Any]:
@@ -48,7 +41,7 @@ def llm_options(config: AppConfig) -> dict[str, Any]:
         # With TP 1 the engine runs in the replica and needs its GPU; with TP > 1 vLLM's
         # Ray workers take the GPUs of the replica's placement group.
         actor["num_gpus"] = 1 if tp == 1 else 0
-        options["placement_group_bundles"] = placement_bundles(llm, tp)
+        options["placement_group_bundles"] = llm.placement_bundles(tp)
         options["placement_group_strategy"] = llm.placement_strategy
     return options
 

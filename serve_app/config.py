@@ -148,6 +148,12 @@ class LLMDeploymentConfig(DeploymentConfig):
     engine_start_timeout_s: float = Field(1800.0, gt=0, description="Replica health-check grace at start.")
     env: dict[str, str] = Field(default_factory=dict, description="Environment for the replica (runtime_env).")
 
+    def placement_bundles(self, tensor_parallel_size: int) -> list[dict[str, float]]:
+        """One GPU bundle per tensor-parallel rank; the replica itself sits in the first."""
+        bundles = [{"CPU": self.cpus_per_gpu_worker, "GPU": 1.0} for _ in range(tensor_parallel_size)]
+        bundles[0]["CPU"] += self.num_cpus
+        return bundles
+
 
 class AppConfig(_Strict):
     """Arguments of the pixtral-serve application (``serve_app.app:build_app``)."""

@@ -102,7 +102,7 @@ def test_cluster_matches_its_serve_config(target) -> None:
     assert head["resources"] == {"CPU": 0, "GPU": 0}, "no model and no replica on the head"
     gpu = types["gpu_worker"]["resources"]
     tp = app.engine.tensor_parallel_size
-    replica_cpus = app.llm.num_cpus + tp * app.llm.cpus_per_gpu_worker
+    replica_cpus = sum(b["CPU"] for b in app.llm.placement_bundles(tp))
     assert gpu["GPU"] == tp
     assert replica_cpus <= gpu["CPU"] < replica_cpus + min(app.ingress.num_cpus, app.image_pool.num_cpus)
     assert types["gpu_worker"]["max_workers"] == app.llm.autoscaling.max_replicas

@@ -87,8 +87,7 @@ def test_gpu_pod_holds_exactly_one_replica(overlay: str) -> None:
     limits = _container(gpu["template"])["resources"]["limits"]
     assert int(limits["nvidia.com/gpu"]) == tp
     assert app.llm.placement_strategy == "STRICT_PACK"
-    # = sum of serve_app.app.placement_bundles() (not imported: it pulls in torch, ~7 s)
-    replica_cpus = app.llm.num_cpus + tp * app.llm.cpus_per_gpu_worker
+    replica_cpus = sum(b["CPU"] for b in app.llm.placement_bundles(tp))
     ray_cpus = _ray_cpus(gpu)
     assert replica_cpus <= ray_cpus <= cpus(limits["cpu"])
     # What is left cannot host an ingress or image-pool replica: those stay on the CPU group.

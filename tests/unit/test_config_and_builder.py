@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.app import build_app, llm_options, placement_bundles
+from serve_app.app import build_app, llm_options
 from serve_app.config import AppConfig, LLMDeploymentConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def test_autoscaling_bounds_are_checked():
 @pytest.mark.parametrize("tp", [1, 2, 8])
 def test_placement_bundles_one_gpu_per_rank(tp):
     llm = LLMDeploymentConfig(num_cpus=2, cpus_per_gpu_worker=1)
-    bundles = placement_bundles(llm, tp)
+    bundles = llm.placement_bundles(tp)
     assert len(bundles) == tp
     assert all(bundle["GPU"] == 1 for bundle in bundles)
     assert bundles[0]["CPU"] == 3  # the replica's own CPUs sit in the first bundle
