@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -155,6 +157,26 @@ class LLMDeploymentConfig(DeploymentConfig):
         return bundles
 
 
+class SystemPromptConfig(_Strict):
+    """A default system prompt for requests that bring none (Pixtral-Large's card recommends one)."""
+
+    file: str = Field(
+        description="Template file with {name}, {today}, {yesterday}; a relative path is looked up in "
+        "the model folder, or in the model's Hub repo (e.g. SYSTEM_PROMPT.txt)."
+    )
+    model_name: str | None = Field(None, description="Fills {name}; the last part of engine.model if unset.")
+    timezone: str = Field("UTC", description="IANA timezone that decides {today} and {yesterday}.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+
 class AppConfig(_Strict):
     """Arguments of the pixtral-serve application (``serve_app.app:build_app``)."""
 
@@ -164,6 +186,9 @@ class AppConfig(_Strict):
     image_pool: ImagePoolConfig = Field(default_factory=ImagePoolConfig, description="CPU image pool.")
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="HTTP ingress.")
     default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request gives none.")
+    system_prompt: SystemPromptConfig | None = Field(
+        None, description="Default system prompt, used only when a request has no system message."
+    )
 
     def tokenizer_path(self) -> str:
         """The tokenizer file prompts are built with (``mistral_common:<file>`` = packaged)."""

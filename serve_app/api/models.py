@@ -64,6 +64,9 @@ class ChatCompletionRequest(_Wire):
     n: int = Field(1, ge=1)
     user: str | None = None
     ignore_eos: bool = Field(False, description="vLLM extension: keep generating past EOS (benchmarks).")
+    return_token_ids: bool = Field(
+        False, description="vLLM extension: add prompt_token_ids to the response and token_ids to the choice."
+    )
 
     @field_validator("n")
     @classmethod

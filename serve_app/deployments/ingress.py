@@ -123,21 +123,24 @@ class OpenAIIngress:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        texts = [first.text]
+        texts, token_ids = [first.text], list(first.token_ids)
         last = first
         async for chunk in stream:
             texts.append(chunk.text)
+            token_ids.extend(chunk.token_ids)
             last = chunk
-        return JSONResponse(
-            completion_body(
-                request_id=request_id,
-                model=self._config.served_model_name,
-                text="".join(texts),
-                finish_reason=last.finish_reason,
-                prompt_tokens=last.prompt_tokens,
-                completion_tokens=last.completion_tokens,
-            )
+        body = completion_body(
+            request_id=request_id,
+            model=self._config.served_model_name,
+            text="".join(texts),
+            finish_reason=last.finish_reason,
+            prompt_tokens=last.prompt_tokens,
+            completion_tokens=last.completion_tokens,
         )
+        if chat.return_token_ids:
+            body["prompt_token_ids"] = first.prompt_token_ids
+            body["choices"][0]["token_ids"] = token_ids
+        return JSONResponse(body)
 
     async def _parse(self, request: Request) -> ChatCompletionRequest:
         limit = self._config.ingress.max_request_bytes

@@ -10,6 +10,7 @@ from ray import serve
 
 from serve_app.config import AppConfig
 from serve_app.engine.prompt import PixtralPromptBuilder
+from serve_app.engine.system_prompt import DefaultSystemPrompt
 from serve_app.engine.protocol import Engine, GenerationChunk, SamplingSettings
 from serve_app.errors import EngineError, InvalidRequestError
 from serve_app.images import PreparedImage
@@ -36,6 +37,7 @@ class PixtralServer:
             await asyncio.wait_for(self._engine.start(), timeout=config.llm.engine_start_timeout_s)
         except asyncio.TimeoutError as exc:
             raise EngineError(f"engine did not start within {config.llm.engine_start_timeout_s} s") from exc
+        self._system_prompt = await asyncio.to_thread(DefaultSystemPrompt.from_config, config)
 
     async def generate(
         self,
@@ -44,6 +46,8 @@ class PixtralServer:
         sampling: dict[str, Any],
         request_id: str,
     ) -> AsyncIterator[GenerationChunk]:
+        if self._system_prompt is not None:
+            messages = self._system_prompt.apply(messages)
         prompt = await asyncio.to_thread(self._prompts.build, messages, images)
         room = self._config.engine.max_model_len - len(prompt.token_ids)
         if room < 1:

@@ -29,6 +29,7 @@ class GenerationChunk:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None = None
+    prompt_token_ids: list[int] | None = None  # on the first chunk only
 
 
 class Engine(Protocol):

@@ -107,6 +107,7 @@ class VLLMEngine:
         try:
             rendered = await self._engine.renderer.render_cmpl_async([TokensPrompt(**tokens_prompt)])
             completion_tokens = 0
+            first = True
             async for output in self._engine.generate(rendered[0], params, request_id):
                 choice = output.outputs[0]
                 completion_tokens += len(choice.token_ids)
@@ -119,7 +120,9 @@ class VLLMEngine:
                     prompt_tokens=len(prompt.token_ids),
                     completion_tokens=completion_tokens,
                     finish_reason=finish,
+                    prompt_token_ids=list(prompt.token_ids) if first else None,
                 )
+                first = False
         except PixtralServeError:
             raise
         except Exception as exc:

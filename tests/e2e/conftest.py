@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from chat_payloads import SYSTEM_PROMPT_TEMPLATE
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = REPO / ".cache" / "tiny-pixtral-12b"
+TINY_LARGE = REPO / ".cache" / "tiny-pixtral-large"
+
 START_TIMEOUT_S = 420
 
 for key, value in {
@@ -57,6 +60,17 @@ def tiny_model() -> Path:
     if not (TINY_MODEL / "consolidated.safetensors").is_file():
         write_tiny_model(TINY_MODEL)
     return TINY_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_large_model() -> Path:
+    """A tiny Pixtral-Large-shaped checkpoint (v7m1 tokenizer) with a SYSTEM_PROMPT.txt."""
+    from serve_app.tiny_model import write_tiny_model
+
+    if not (TINY_LARGE / "consolidated.safetensors").is_file():
+        write_tiny_model(TINY_LARGE, "pixtral-large")
+    (TINY_LARGE / "SYSTEM_PROMPT.txt").write_text(SYSTEM_PROMPT_TEMPLATE)
+    return TINY_LARGE
 
 
 @pytest.fixture(scope="session")
@@ -138,6 +152,8 @@ def served(tiny_model, api_key, moto_endpoint):
         )
         deploy.start()
         _wait_healthy(f"http://127.0.0.1:{port}", started)
+        # The wait above bounds serve.run; it returns once the app is RUNNING.
+        deploy.join(timeout=60)
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -158,6 +174,32 @@ def _wait_healthy(base: str, started: float) -> None:
         if time.monotonic() - started > START_TIMEOUT_S:
             raise RuntimeError(f"app not healthy within {START_TIMEOUT_S} s")
         time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def served_large(served, tiny_large_model, api_key):
+    """A second application in the same Ray: the tiny Pixtral-Large with a default system prompt."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    args = cpu_app_args(
+        served_model_name="tiny-pixtral-large",
+        engine={"model": str(tiny_large_model)},
+        ingress={"api_keys": [api_key]},
+        system_prompt={"file": "SYSTEM_PROMPT.txt", "model_name": "Pixtral-Large-Instruct-2411", "timezone": "UTC"},
+    )
+    started = time.monotonic()
+    deploy = threading.Thread(
+        target=serve.run,
+        args=(build_app(args),),
+        kwargs={"name": "pixtral-large", "route_prefix": "/large"},
+        daemon=True,
+    )
+    deploy.start()
+    _wait_healthy(served + "/large", started)
+    deploy.join(timeout=60)
+    return served + "/large"
 
 
 @pytest.fixture(scope="session")

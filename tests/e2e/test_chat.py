@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import urllib.request
 
 import httpx
-import numpy as np
 import pytest
 from mistral_common.protocol.instruct.chunk import ImageURLChunk, TextChunk
 from mistral_common.protocol.instruct.messages import SystemMessage, UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from openai import APIStatusError, BadRequestError
-from PIL import Image
+
+from chat_payloads import data_url, jpeg_bytes, user_message
 
 MODEL = "tiny-pixtral"
-
-
-def jpeg_bytes(seed: int, size=(320, 240)) -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def data_url(payload: bytes, mime: str = "image/jpeg") -> str:
-    return f"data:{mime};base64," + base64.b64encode(payload).decode()
-
-
-def user_message(*image_urls: str, text: str = "Describe the image.") -> dict:
-    content = [{"type": "text", "text": text}]
-    content += [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
-    return {"role": "user", "content": content}
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +219,25 @@ def test_prompt_longer_than_the_context(client):
 def test_unknown_path_is_an_openai_404(served):
     response = httpx.get(served + "/v1/nothing", timeout=10)
     _assert_openai_error(response, 404, "not_found")
+
+
+def test_return_token_ids_equal_mistral_common(served, api_key, reference_tokenizer):
+    url = data_url(jpeg_bytes(41, (200, 300)))
+    response = httpx.post(
+        served + "/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": [user_message(url)],
+            "max_tokens": 5,
+            "temperature": 0,
+            "return_token_ids": True,
+        },
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=120,
+    )
+    body = response.json()
+    expected = reference_tokenizer.encode_chat_completion(
+        ChatCompletionRequest(messages=[UserMessage(content=[TextChunk(text="Describe the image."), ImageURLChunk(image_url=url)])])
+    ).tokens
+    assert body["prompt_token_ids"] == expected
+    assert len(body["choices"][0]["token_ids"]) == body["usage"]["completion_tokens"] == 5

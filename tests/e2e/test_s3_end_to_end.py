@@ -6,7 +6,8 @@ import boto3
 import pytest
 from openai import APIStatusError
 
-from test_chat import complete, data_url, jpeg_bytes, user_message
+from chat_payloads import data_url, jpeg_bytes, user_message
+from test_chat import complete
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,29 @@
+"""Request payloads shared by the e2e tests."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+
+SYSTEM_PROMPT_TEMPLATE = "You are {name}, a careful assistant. Today is {today}; yesterday was {yesterday}. {braces}"
+
+
+def jpeg_bytes(seed: int, size=(320, 240)) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def data_url(payload: bytes, mime: str = "image/jpeg") -> str:
+    return f"data:{mime};base64," + base64.b64encode(payload).decode()
+
+
+def user_message(*image_urls: str, text: str = "Describe the image.") -> dict:
+    content = [{"type": "text", "text": text}]
+    content += [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
+    return {"role": "user", "content": content}
