@@ -14,9 +14,11 @@ import json
 from pathlib import Path
 
 SYSTEM_NAMES = {
-    "pixtral-serve": "pixtral-serve (Ray Serve)",
+    "pixtral-serve": "pixtral-serve, 16k batch",
     "vllm-serve": "vllm serve",
     "vllm-serve-api4": "vllm serve --api-server-count 4",
+    "pixtral-serve-8k": "pixtral-serve, 8k batch (shipped)",
+    "pixtral-serve-8k-async": "pixtral-serve, 8k batch + async sched.",
 }
 
 

@@ -44,6 +44,9 @@ if [ "${1:-}" != "--in-copy" ]; then
 fi
 
 # ---- from here on: inside the copy
+# The detached launcher's pid ($! above) can be a short-lived setsid/nohup wrapper; record
+# the process that really runs, so wait.sh does not report a live run as dead.
+echo $$ > "$BENCH_WORK/run_all.pid"
 cd "$REPO_COPY"
 PY=${BENCH_PYTHON:-python3}
 if [ "$DRY" = 1 ]; then
