@@ -195,9 +195,8 @@ class AppConfig(_Strict):
         if self.engine.tokenizer:
             return self.engine.tokenizer
         folder = Path(self.engine.model)
-        for name in ("tekken.json",):
-            if (folder / name).is_file():
-                return str(folder / name)
+        if (folder / "tekken.json").is_file():
+            return str(folder / "tekken.json")
         candidates = sorted(folder.glob("tokenizer.model.v*")) if folder.is_dir() else []
         if candidates:
             return str(candidates[-1])

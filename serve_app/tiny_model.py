@@ -16,11 +16,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import mistral_common
 import torch
 from safetensors.torch import save_file
 
-MISTRAL_COMMON_DATA = Path(mistral_common.__file__).parent / "data"
+from serve_app.engine.prompt import MISTRAL_COMMON_DATA
 
 
 @dataclass(frozen=True)

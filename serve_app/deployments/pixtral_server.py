@@ -57,7 +57,7 @@ class PixtralServer:
                 param="messages",
                 code="context_length_exceeded",
             )
-        requested = sampling.pop("max_tokens", None)
+        requested = sampling.get("max_tokens")
         if requested is not None and requested > room:
             raise InvalidRequestError(
                 f"max_tokens={requested} does not fit: the prompt is {len(prompt.token_ids)} tokens and "
@@ -65,8 +65,9 @@ class PixtralServer:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        max_tokens = requested if requested is not None else min(self._config.default_max_tokens, room)
-        settings = SamplingSettings(max_tokens=max_tokens, **sampling)
+        settings = SamplingSettings(
+            **{**sampling, "max_tokens": requested or min(self._config.default_max_tokens, room)}
+        )
         async for chunk in self._engine.generate(prompt, settings, request_id):
             yield chunk
 

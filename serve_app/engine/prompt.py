@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import mistral_common
 import numpy as np
 
 from mistral_common.protocol.instruct.chunk import ImageChunk, TextChunk
@@ -26,9 +27,9 @@ from PIL import Image
 from serve_app.errors import InvalidRequestError, TooManyImagesError
 from serve_app.images.grid import ImageGrid
 from serve_app.images.prepared import PreparedImage
-from serve_app.tiny_model import MISTRAL_COMMON_DATA
 
 PACKAGED_PREFIX = "mistral_common:"
+MISTRAL_COMMON_DATA = Path(mistral_common.__file__).parent / "data"
 
 
 def resolve_tokenizer_file(spec: str | Path) -> Path:
@@ -77,11 +78,13 @@ class _GridOnlyImageEncoder(ImageEncoder):
         # encoded.images lists our images in the order mistral_common placed them.
         pixels = prepared.info["pixels"].view(_TaggedPixels)
         pixels.content_id = prepared.info["content_id"]
+        pixels.pil_image = prepared
         return ImageEncoding(tokens=tokens, image=pixels)
 
 
 class _TaggedPixels(np.ndarray):
     content_id: str = ""
+    pil_image: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ class PixtralPromptBuilder:
             raise InvalidRequestError(f"messages cannot be encoded for Pixtral: {exc}", param="messages") from exc
         return ChatPrompt(
             token_ids=list(encoded.tokens),
-            images=[Image.fromarray(np.asarray(pixels)) for pixels in encoded.images],
+            images=[pixels.pil_image for pixels in encoded.images],
             image_ids=[pixels.content_id for pixels in encoded.images],
         )
 

@@ -116,8 +116,6 @@ def served(tiny_model, api_key, moto_endpoint):
     import ray
     from ray import serve
 
-    from serve_app.app import build_app
-
     os.environ["AWS_ACCESS_KEY_ID"] = "testing"
     os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
     os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
@@ -142,22 +140,31 @@ def served(tiny_model, api_key, moto_endpoint):
                 }
             },
         )
-        started = time.monotonic()
-        # serve.run waits for the replicas without a deadline; the health poll bounds it.
-        deploy = threading.Thread(
-            target=serve.run,
-            args=(build_app(args),),
-            kwargs={"name": "pixtral", "route_prefix": "/"},
-            daemon=True,
-        )
-        deploy.start()
-        _wait_healthy(f"http://127.0.0.1:{port}", started)
-        # The wait above bounds serve.run; it returns once the app is RUNNING.
-        deploy.join(timeout=60)
-        yield f"http://127.0.0.1:{port}"
+        yield _deploy(args, name="pixtral", base=f"http://127.0.0.1:{port}", route_prefix="/")
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _deploy(args: dict, *, name: str, base: str, route_prefix: str) -> str:
+    """Deploy one application of ``build_app(args)``; returns its URL once /health answers."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    started = time.monotonic()
+    # serve.run waits for the replicas without a deadline; the health poll bounds it.
+    deploy = threading.Thread(
+        target=serve.run,
+        args=(build_app(args),),
+        kwargs={"name": name, "route_prefix": route_prefix},
+        daemon=True,
+    )
+    deploy.start()
+    url = base.rstrip("/") + (route_prefix if route_prefix != "/" else "")
+    _wait_healthy(url, started)
+    deploy.join(timeout=60)  # returns once the app is RUNNING, right after /health answers
+    return url
 
 
 def _wait_healthy(base: str, started: float) -> None:
@@ -179,27 +186,13 @@ def _wait_healthy(base: str, started: float) -> None:
 @pytest.fixture(scope="session")
 def served_large(served, tiny_large_model, api_key):
     """A second application in the same Ray: the tiny Pixtral-Large with a default system prompt."""
-    from ray import serve
-
-    from serve_app.app import build_app
-
     args = cpu_app_args(
         served_model_name="tiny-pixtral-large",
         engine={"model": str(tiny_large_model)},
         ingress={"api_keys": [api_key]},
         system_prompt={"file": "SYSTEM_PROMPT.txt", "model_name": "Pixtral-Large-Instruct-2411", "timezone": "UTC"},
     )
-    started = time.monotonic()
-    deploy = threading.Thread(
-        target=serve.run,
-        args=(build_app(args),),
-        kwargs={"name": "pixtral-large", "route_prefix": "/large"},
-        daemon=True,
-    )
-    deploy.start()
-    _wait_healthy(served + "/large", started)
-    deploy.join(timeout=60)
-    return served + "/large"
+    return _deploy(args, name="pixtral-large", base=served, route_prefix="/large")
 
 
 @pytest.fixture(scope="session")

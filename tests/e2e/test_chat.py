@@ -216,6 +216,13 @@ def test_prompt_longer_than_the_context(client):
     assert info.value.body["code"] == "context_length_exceeded"
 
 
+def test_max_tokens_past_the_context_is_refused_before_generating(client):
+    with pytest.raises(BadRequestError) as info:
+        complete(client, [{"role": "user", "content": "hi"}], max_tokens=9000)
+    assert info.value.body["param"] == "max_tokens"
+    assert info.value.body["code"] == "context_length_exceeded"
+
+
 def test_unknown_path_is_an_openai_404(served):
     response = httpx.get(served + "/v1/nothing", timeout=10)
     _assert_openai_error(response, 404, "not_found")
