@@ -99,7 +99,12 @@ class DecodeConfig(_Strict):
     """Limits on decoding image bytes."""
 
     max_pixels: int = Field(50_000_000, ge=1, description="Decompression-bomb guard on width*height.")
-    cache_entries: int = Field(256, ge=0, description="LRU cache of decoded images per pool replica.")
+    cache_entries: int = Field(
+        64,
+        ge=0,
+        description="LRU cache of decoded images per pool replica; each entry is at most "
+        "max_image_size^2 x 3 bytes (3 MiB for Pixtral), so 64 entries stay under 200 MiB.",
+    )
     decode_threads: int = Field(2, ge=1, description="Threads per pool replica that decode off the event loop.")
 
 

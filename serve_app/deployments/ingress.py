@@ -147,9 +147,11 @@ class OpenAIIngress:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise InvalidRequestError(f"request body exceeds {limit} bytes", code="request_too_large")
-        body = await request.body()
-        if len(body) > limit:
-            raise InvalidRequestError(f"request body exceeds {limit} bytes", code="request_too_large")
+        body = bytearray()
+        async for piece in request.stream():  # chunked bodies have no Content-Length to check
+            body += piece
+            if len(body) > limit:
+                raise InvalidRequestError(f"request body exceeds {limit} bytes", code="request_too_large")
         try:
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

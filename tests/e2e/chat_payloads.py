@@ -8,6 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
+REQUEST_LIMIT = 4 * 1024 * 1024  # ingress.max_request_bytes of the e2e app
 SYSTEM_PROMPT_TEMPLATE = "You are {name}, a careful assistant. Today is {today}; yesterday was {yesterday}. {braces}"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chat_payloads import SYSTEM_PROMPT_TEMPLATE
+from chat_payloads import REQUEST_LIMIT, SYSTEM_PROMPT_TEMPLATE
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = REPO / ".cache" / "tiny-pixtral-12b"
@@ -130,7 +130,7 @@ def served(tiny_model, api_key, moto_endpoint):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = cpu_app_args(
-            ingress={"api_keys": [api_key]},
+            ingress={"api_keys": [api_key], "max_request_bytes": REQUEST_LIMIT},
             image_pool={
                 "fetch": {
                     "allow_http": True,

@@ -13,7 +13,7 @@ from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from openai import APIStatusError, BadRequestError
 
-from chat_payloads import data_url, jpeg_bytes, user_message
+from chat_payloads import REQUEST_LIMIT, data_url, jpeg_bytes, user_message
 
 MODEL = "tiny-pixtral"
 
@@ -221,6 +221,20 @@ def test_max_tokens_past_the_context_is_refused_before_generating(client):
         complete(client, [{"role": "user", "content": "hi"}], max_tokens=9000)
     assert info.value.body["param"] == "max_tokens"
     assert info.value.body["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_oversized_body_is_refused(served, api_key, chunked):
+    filler = "x" * (REQUEST_LIMIT + 1024)
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": filler}]}).encode()
+    content = (body[i : i + 65536] for i in range(0, len(body), 65536)) if chunked else body
+    response = httpx.post(
+        served + "/v1/chat/completions",
+        content=content,
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+        timeout=60,
+    )
+    _assert_openai_error(response, 400, "request_too_large")
 
 
 def test_unknown_path_is_an_openai_404(served):
