@@ -1,10 +1,13 @@
-"""Pixtral-Large-shaped model at tensor_parallel_size=2 through our Ray Serve app (2-GPU machine).
+"""A Pixtral-Large-shaped model at tensor parallel N through our Ray Serve app (multi-GPU machine).
 
-Starts a local Ray with the machine's GPUs, deploys config.tp2.yaml, waits for
-health, sends image requests, samples nvidia-smi while they run, and records the
-replica's placement group. Writes one JSON to $OUT (or ./tp2.json).
+Starts a local Ray with the machine's GPUs, deploys a Serve config, waits for
+health, sends image requests, samples nvidia-smi while they run, records the
+replica's placement group, and optionally runs bench/bench_openai.py at given
+concurrencies. Writes <name>.json (and bench JSONs) to $OUT (or .).
 
-    python3 bench/gpu/tp2_check.py
+    python3 bench/gpu/tp_check.py                                  # TP 2, 12-layer model
+    python3 bench/gpu/tp_check.py --config bench/gpu/config.tp4-large.yaml \
+        --params bench/gpu/pixtral-large/params.json --name tp4-large --bench 16 64
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL = Path("/tmp/pixtral-large-reduced")
 OUT = Path(os.environ.get("OUT", "."))
 START_TIMEOUT_S = 400
 
@@ -31,11 +33,11 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def prepare_model() -> None:
+def prepare_model(params: Path) -> None:
     import mistral_common
 
     MODEL.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO / "bench/gpu/pixtral-large-reduced/params.json", MODEL / "params.json")
+    shutil.copyfile(params, MODEL / "params.json")
     data = Path(mistral_common.__file__).parent / "data"
     shutil.copyfile(data / "mistral_instruct_tokenizer_241114.model.v7m1", MODEL / "tokenizer.model.v7m1")
     (MODEL / "SYSTEM_PROMPT.txt").write_text("You are {name}. Today is {today}; yesterday was {yesterday}.")
@@ -56,6 +58,11 @@ def jpeg_data_url(seed: int, width: int = 1024, height: int = 768) -> str:
 class GpuSampler:
     def __init__(self) -> None:
         self.samples: list[list[str]] = []
+        if shutil.which("nvidia-smi") is None:  # a CPU dry run
+            self._proc = subprocess.Popen(["sleep", "3600"], stdout=subprocess.PIPE, text=True)
+            self._thread = threading.Thread(target=lambda: None)
+            self._thread.start()
+            return
         self._proc = subprocess.Popen(
             ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "250"],
             stdout=subprocess.PIPE, text=True,
@@ -88,6 +95,8 @@ class GpuSampler:
 
 
 def main() -> int:
+    import argparse
+
     import httpx
     import ray
     import yaml
@@ -95,18 +104,31 @@ def main() -> int:
 
     from serve_app.app import build_app
 
-    result: dict = {"date": time.strftime("%Y-%m-%d"), "config": "bench/gpu/config.tp2.yaml"}
-    result["nvidia_smi"] = subprocess.run(
-        ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True
-    ).stdout.strip().splitlines()
-    prepare_model()
-    document = yaml.safe_load((REPO / "bench/gpu/config.tp2.yaml").read_text())
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="bench/gpu/config.tp2.yaml")
+    parser.add_argument("--params", default="bench/gpu/pixtral-large-reduced/params.json")
+    parser.add_argument("--name", default="tp2")
+    parser.add_argument("--bench", type=int, nargs="*", default=[], help="bench_openai.py concurrencies")
+    parser.add_argument("--bench-requests", type=int, default=64)
+    parser.add_argument("--sanity", type=int, default=48, help="image requests checked before the benchmark")
+    options = parser.parse_args()
+    global MODEL
+    document = yaml.safe_load((REPO / options.config).read_text())
     args = document["applications"][0]["args"]
+    MODEL = Path(args["engine"]["model"])
+    served_name = args["served_model_name"]
+    result: dict = {"date": time.strftime("%Y-%m-%d"), "config": options.config, "params": options.params}
+    if shutil.which("nvidia-smi"):
+        result["nvidia_smi"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True
+        ).stdout.strip().splitlines()
+    prepare_model(REPO / options.params)
     t0 = time.monotonic()
-    ray.init(num_cpus=16, include_dashboard=False, log_to_driver=True)
-    serve.start(http_options={"host": "127.0.0.1", "port": 8000})
+    ray.init(num_cpus=int(os.environ.get("TP_CHECK_CPUS", "16")), include_dashboard=False, log_to_driver=True)
+    port = document.get("http_options", {}).get("port", 8000)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
     threading.Thread(target=serve.run, args=(build_app(args),), kwargs={"name": "pixtral", "route_prefix": "/"}, daemon=True).start()
-    base = "http://127.0.0.1:8000"
+    base = f"http://127.0.0.1:{port}"
     healthy = False
     while time.monotonic() - t0 < START_TIMEOUT_S:
         try:
@@ -126,18 +148,18 @@ def main() -> int:
     ]
     log(f"placement groups: {result['placement_groups']}")
     if not healthy:
-        (OUT / "tp2.json").write_text(json.dumps(result, indent=2))
+        (OUT / f"{options.name}.json").write_text(json.dumps(result, indent=2))
         return 1
 
     sampler = GpuSampler()
-    urls = [jpeg_data_url(i) for i in range(48)]
+    urls = [jpeg_data_url(i) for i in range(options.sanity)]
 
     def ask(url: str) -> dict:
         started = time.perf_counter()
         response = httpx.post(
             base + "/v1/chat/completions",
             json={
-                "model": "pixtral-large-reduced",
+                "model": served_name,
                 "messages": [{"role": "user", "content": [
                     {"type": "text", "text": "Describe this image."},
                     {"type": "image_url", "image_url": {"url": url}}]}],
@@ -170,7 +192,19 @@ def main() -> int:
             a["body"]["prompt_token_ids"][1] == system_open for a in ok
         )
     log(json.dumps({k: result[k] for k in ("ok", "requests", "req_per_s", "gpus_during_load")}))
-    (OUT / "tp2.json").write_text(json.dumps(result, indent=2))
+    (OUT / f"{options.name}.json").write_text(json.dumps(result, indent=2))
+    for concurrency in options.bench:
+        out = OUT / f"{options.name}-c{concurrency}.json"
+        subprocess.run(
+            [sys.executable, str(REPO / "bench/bench_openai.py"), "--url", base, "--model", served_name,
+             "--concurrency", str(concurrency), "--requests", str(options.bench_requests), "--warmup", "8",
+             "--image-size", "1024x768", "--gpu-sample", "--out", str(out), "--seed-base", str(1000 * concurrency)],
+            timeout=240, check=False,
+        )
+        if out.exists():
+            result.setdefault("bench", {})[f"c{concurrency}"] = json.loads(out.read_text())
+        log(f"bench c{concurrency}: done")
+    (OUT / f"{options.name}.json").write_text(json.dumps(result, indent=2))
     serve.shutdown()
     ray.shutdown()
     return 0 if len(ok) == len(answers) else 1
