@@ -13,7 +13,7 @@ from ray.serve import Application
 from serve_app.config import AppConfig, DeploymentConfig
 from serve_app.deployments.image_pool import ImagePool
 from serve_app.deployments.ingress import OpenAIIngress
-from serve_app.deployments.pixtral_server import PixtralServer, vllm_engine_factory
+from serve_app.deployments.pixtral_server import EngineFactory, PixtralServer, vllm_engine_factory
 from serve_app.engine.prompt import image_grid_of
 
 
@@ -47,13 +47,18 @@ def llm_options(config: AppConfig) -> dict[str, Any]:
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    config = AppConfig.model_validate(args)
+    """The Serve ``import_path``: validates ``args`` once and wires the three deployments."""
+    return build_pipeline(AppConfig.model_validate(args))
+
+
+def build_pipeline(config: AppConfig, engine_factory: EngineFactory = vllm_engine_factory) -> Application:
+    """The deployments for a validated config; tests inject a stand-in engine here."""
     grid = image_grid_of(config.tokenizer_path())
     pool = ImagePool.options(
         **_common_options(config.image_pool),
         ray_actor_options={"num_cpus": config.image_pool.num_cpus},
     ).bind(config.image_pool, grid)
-    llm = PixtralServer.options(**llm_options(config)).bind(config, vllm_engine_factory)
+    llm = PixtralServer.options(**llm_options(config)).bind(config, engine_factory)
     return OpenAIIngress.options(
         **_common_options(config.ingress),
         ray_actor_options={"num_cpus": config.ingress.num_cpus},

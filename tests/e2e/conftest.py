@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import os
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from chat_payloads import REQUEST_LIMIT, SYSTEM_PROMPT_TEMPLATE
-
-REPO = Path(__file__).resolve().parents[2]
-TINY_MODEL = REPO / ".cache" / "tiny-pixtral-12b"
-TINY_LARGE = REPO / ".cache" / "tiny-pixtral-large"
-
-START_TIMEOUT_S = 420
+from serve_support import TINY_LARGE, TINY_MODEL, cpu_app_args, deploy_args, free_port
 
 for key, value in {
     "RAY_AUTH_MODE": "disabled",
@@ -28,29 +20,6 @@ for key, value in {
     "HF_HUB_OFFLINE": "1",
 }.items():
     os.environ.setdefault(key, value)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cpu_app_args(**overrides) -> dict:
-    """The args of config.cpu.yaml (the real embedded default), with test overrides merged in."""
-    config = yaml.safe_load((REPO / "config.cpu.yaml").read_text())
-    args = copy.deepcopy(config["applications"][0]["args"])
-    args["engine"]["model"] = str(TINY_MODEL)
-    _merge(args, overrides)
-    return args
-
-
-def _merge(target: dict, updates: dict) -> None:
-    for key, value in updates.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
-        else:
-            target[key] = value
 
 
 @pytest.fixture(scope="session")
@@ -140,47 +109,10 @@ def served(tiny_model, api_key, moto_endpoint):
                 }
             },
         )
-        yield _deploy(args, name="pixtral", base=f"http://127.0.0.1:{port}", route_prefix="/")
+        yield deploy_args(args, name="pixtral", base=f"http://127.0.0.1:{port}", route_prefix="/")
     finally:
         serve.shutdown()
         ray.shutdown()
-
-
-def _deploy(args: dict, *, name: str, base: str, route_prefix: str) -> str:
-    """Deploy one application of ``build_app(args)``; returns its URL once /health answers."""
-    from ray import serve
-
-    from serve_app.app import build_app
-
-    started = time.monotonic()
-    # serve.run waits for the replicas without a deadline; the health poll bounds it.
-    deploy = threading.Thread(
-        target=serve.run,
-        args=(build_app(args),),
-        kwargs={"name": name, "route_prefix": route_prefix},
-        daemon=True,
-    )
-    deploy.start()
-    url = base.rstrip("/") + (route_prefix if route_prefix != "/" else "")
-    _wait_healthy(url, started)
-    deploy.join(timeout=60)  # returns once the app is RUNNING, right after /health answers
-    return url
-
-
-def _wait_healthy(base: str, started: float) -> None:
-    import urllib.request
-
-    while True:
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=5) as response:
-                if response.status == 200:
-                    print(f"app healthy after {time.monotonic() - started:.1f} s")
-                    return
-        except Exception:
-            pass
-        if time.monotonic() - started > START_TIMEOUT_S:
-            raise RuntimeError(f"app not healthy within {START_TIMEOUT_S} s")
-        time.sleep(1)
 
 
 @pytest.fixture(scope="session")
@@ -192,7 +124,7 @@ def served_large(served, tiny_large_model, api_key):
         ingress={"api_keys": [api_key]},
         system_prompt={"file": "SYSTEM_PROMPT.txt", "model_name": "Pixtral-Large-Instruct-2411", "timezone": "UTC"},
     )
-    return _deploy(args, name="pixtral-large", base=served, route_prefix="/large")
+    return deploy_args(args, name="pixtral-large", base=served, route_prefix="/large")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,81 @@
+"""Deploying apps into the e2e session's Ray, shared by the conftest and the tests."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_MODEL = REPO / ".cache" / "tiny-pixtral-12b"
+TINY_LARGE = REPO / ".cache" / "tiny-pixtral-large"
+START_TIMEOUT_S = 420
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_app_args(**overrides) -> dict:
+    """The args of config.cpu.yaml (the real embedded default), with test overrides merged in."""
+    config = yaml.safe_load((REPO / "config.cpu.yaml").read_text())
+    args = copy.deepcopy(config["applications"][0]["args"])
+    args["engine"]["model"] = str(TINY_MODEL)
+    _merge(args, overrides)
+    return args
+
+
+def _merge(target: dict, updates: dict) -> None:
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
+def deploy_args(args: dict, *, name: str, base: str, route_prefix: str) -> str:
+    """Deploy ``build_app(args)``, the path ``serve run`` takes; returns its URL once healthy."""
+    from serve_app.app import build_app
+
+    return deploy(build_app(args), name=name, base=base, route_prefix=route_prefix)
+
+
+def deploy(app, *, name: str, base: str, route_prefix: str) -> str:
+    """Deploy one Serve application; returns its URL once /health answers (bounded)."""
+    from ray import serve
+
+    started = time.monotonic()
+    # serve.run waits for the replicas without a deadline; the health poll bounds it.
+    deploy = threading.Thread(
+        target=serve.run,
+        args=(app,),
+        kwargs={"name": name, "route_prefix": route_prefix},
+        daemon=True,
+    )
+    deploy.start()
+    url = base.rstrip("/") + (route_prefix if route_prefix != "/" else "")
+    _wait_healthy(url, started)
+    deploy.join(timeout=60)  # returns once the app is RUNNING, right after /health answers
+    return url
+
+
+def _wait_healthy(base: str, started: float) -> None:
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=5) as response:
+                if response.status == 200:
+                    print(f"app healthy after {time.monotonic() - started:.1f} s")
+                    return
+        except Exception:
+            pass
+        if time.monotonic() - started > START_TIMEOUT_S:
+            raise RuntimeError(f"app not healthy within {START_TIMEOUT_S} s")
+        time.sleep(1)
