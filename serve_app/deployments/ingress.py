@@ -55,6 +55,7 @@ class OpenAIIngress:
         self._config = config
         self._pool = image_pool
         self._llm = llm
+        self._llm_stream = llm.options(stream=True)  # one handle, not one per request
         self._api_keys = config.ingress.resolved_api_keys()
         self._created = int(time.time())
 
@@ -105,7 +106,7 @@ class OpenAIIngress:
             "seed": chat.seed,
             "ignore_eos": chat.ignore_eos,
         }
-        stream = self._llm.options(stream=True).generate.remote(
+        stream = self._llm_stream.generate.remote(
             chat.plain_messages(), images, sampling, request_id
         )
         # The first chunk comes before any byte is sent, so prompt and engine errors
