@@ -106,6 +106,7 @@ def served(tiny_model, api_key, moto_endpoint):
                     "block_private_addresses": False,
                     "s3_endpoint_url": moto_endpoint,
                     "s3_region": "us-east-1",
+                    "s3_allowed_buckets": ["pixtral-images"],
                 }
             },
         )
