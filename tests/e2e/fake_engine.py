@@ -11,7 +11,7 @@ class FakeFailingEngine:
     def __init__(self, config) -> None:
         self.config = config
 
-    async def start(self) -> None:
+    async def start(self, timeout_s: float) -> None:
         return None
 
     async def generate(self, prompt, sampling, request_id):
