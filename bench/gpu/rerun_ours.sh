@@ -11,7 +11,7 @@ setsid python3 bench/gpu/launch_app.py "$CONFIG" --num-cpus 16 --temp-dir /tmp/r
 APP=$!
 for _ in $(seq 1 170); do
   sleep 2
-  if curl -sf 127.0.0.1:8000/health >/dev/null; then break; fi
+  if curl -sf 127.0.0.1:8000/ready >/dev/null; then break; fi
 done
 echo "healthy after $(( $(date +%s) - T0 )) s"; nvidia-smi --query-gpu=memory.used --format=csv,noheader
 for size in 1024x768 4032x3024 512x384; do

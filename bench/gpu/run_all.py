@@ -7,7 +7,7 @@ environment); runs from that copy and writes only to $BENCH_RESULTS
   1. machine facts, versions; JPEGs generated in the background (unique per point);
   2. moto_server on 127.0.0.1:$BENCH_MOTO_PORT (s3:// workloads);
   3. our Serve app (bench/gpu/launch_app.py + config.h100.yaml) in its own process
-     session; cold start = launch until GET /health answers 200; GPU memory;
+     session; cold start = launch until GET /ready answers 200; GPU memory;
   4. load points (bench/bench_openai.py semantics) with GPU busy % and CPU seconds
      per process group sampled over each measured level;
   5. stop it (by process group), then the kit's `vllm serve` baseline, default and
@@ -397,14 +397,14 @@ def run_our_app(moto_ok: bool) -> None:
     limit = min(APP_START_TIMEOUT, max(60.0, time_left() - 2 * BASELINE_RESERVE_S))
     last_note = 0.0
     while time.monotonic() - t < limit:
-        if http_ok(base + "/health", timeout=5):
+        if http_ok(base + "/ready", timeout=5):
             healthy = True
             break
         if proc.poll() is not None:
             break
         if time.monotonic() - last_note > 60:
             last_note = time.monotonic()
-            log(f"pixtral-serve: waiting for /health ({time.monotonic() - t:.0f}s)")
+            log(f"pixtral-serve: waiting for /ready ({time.monotonic() - t:.0f}s)")
         time.sleep(2)
     if not healthy:
         why = f"launcher exited rc {proc.returncode}" if proc.poll() is not None else f"not healthy in {limit:.0f}s"
