@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import httpcore
@@ -186,9 +187,15 @@ class PinnedTransport(httpx.AsyncBaseTransport):
     its request/response translation over a public ``httpcore.AsyncConnectionPool``.
     """
 
-    def __init__(self, backend: httpcore.AsyncNetworkBackend, *, max_connections: int = 100):
+    def __init__(
+        self,
+        backend: httpcore.AsyncNetworkBackend,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = 100,
+    ):
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
             max_connections=max_connections,
             max_keepalive_connections=20,
             keepalive_expiry=5.0,

@@ -176,3 +176,72 @@ def test_temporary_dns_failure_is_retried_then_a_timeout_class_error(connects):
     with pytest.raises(ImageFetchTimeoutError):
         run(load("http://flaky.test/img.jpg", resolver=flaky, retries=2, retry_backoff_s=0.01))
     assert calls == ["flaky.test"] * 3
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """An https image host on 127.0.0.1 with a certificate for img.test from a throwaway CA."""
+    import ssl
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from payloads import JPEG
+
+    d = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+            "-subj", "/CN=pixtral-serve test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=img.test")
+    (d / "san.ext").write_text("subjectAltName=DNS:img.test\n")
+    openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "leaf.pem", "-days", "1", "-extfile", "san.ext")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(JPEG)))
+            self.end_headers()
+            self.wfile.write(JPEG)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(d / "leaf.pem", d / "leaf.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.ca = str(d / "ca.pem")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_is_pinned_and_still_verifies_the_certificate_for_the_name(tls_server, connects):
+    """The TCP connection goes to the checked IP; TLS (SNI, hostname check) still uses the URL's name."""
+    import ssl
+
+    import httpx
+    from payloads import JPEG
+
+    port = tls_server.server_address[1]
+    dns = fake_dns({"img.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+
+    async def get(host: str) -> httpx.Response:
+        backend = ssrf.PinnedBackend(block_private=False, resolver=dns)
+        transport = ssrf.PinnedTransport(backend, ssl_context=ssl.create_default_context(cafile=tls_server.ca))
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await client.get(f"https://{host}:{port}/img.jpg")
+
+    response = run(get("img.test"))
+    assert (response.status_code, response.content) == (200, JPEG)
+    assert connects == ["127.0.0.1"]
+    with pytest.raises(httpx.ConnectError, match="certificate"):
+        run(get("other.test"))  # same IP, but the certificate is not for this name
