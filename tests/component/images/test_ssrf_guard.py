@@ -184,9 +184,8 @@ def tls_server(tmp_path_factory):
     import ssl
     import subprocess
     import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from payloads import JPEG
+    from conftest import ImageServer
 
     d = tmp_path_factory.mktemp("tls")
 
@@ -201,18 +200,7 @@ def tls_server(tmp_path_factory):
     openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", "leaf.pem", "-days", "1", "-extfile", "san.ext")
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(JPEG)))
-            self.end_headers()
-            self.wfile.write(JPEG)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ImageServer()  # the plain image host's routes, behind TLS
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(d / "leaf.pem", d / "leaf.key")
     server.socket = context.wrap_socket(server.socket, server_side=True)
