@@ -35,7 +35,8 @@ def stand_in_app(engine_name: str, served_model_name: str, **overrides):
     from serve_app.config import AppConfig
 
     ray.cloudpickle.register_pickle_by_value(fake_engine)
-    args = cpu_app_args(served_model_name=served_model_name, llm={"num_cpus": 0.1}, **overrides)
+    overrides["llm"] = {"num_cpus": 0.1, **overrides.get("llm", {})}
+    args = cpu_app_args(served_model_name=served_model_name, **overrides)
     return build_pipeline(AppConfig.model_validate(args), getattr(fake_engine, engine_name))
 
 
@@ -86,7 +87,7 @@ def test_health_is_liveness_only_and_ready_waits_for_the_engine(served):
     from ray import serve
 
     start_in_background(
-        stand_in_app("FakeSlowStartEngine", "loading", llm={"num_cpus": 0.1, "engine_start_timeout_s": 300}),
+        stand_in_app("FakeSlowStartEngine", "loading", llm={"engine_start_timeout_s": 300}),
         "loading",
         "/loading",
     )
