@@ -8,7 +8,8 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 app = FastAPI(title="pixtral-serve", docs_url=None, redoc_url=None)
 
 _READY_CACHE_S = 1.0  # /ready answers from one Serve status lookup per second at most
+# One thread of its own: a controller that stops answering holds this thread, not the
+# default executor that big request bodies are parsed on.
+_STATUS_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-status")
 
 
 def _request_id(request: Request) -> str | None:
@@ -96,6 +100,27 @@ def keys_required(settings: IngressConfig, keys: frozenset[str], listener_host: 
     )
 
 
+async def readiness(
+    app_name: str, timeout_s: float, status: Callable[[], Any] = serve.status
+) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of /ready: 200 once the engine and the pool each have a RUNNING
+    replica in Serve's status (the controller health-checks every engine replica), 503 saying
+    what is missing, or 503 when Serve's status does not answer within ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            current = await loop.run_in_executor(_STATUS_THREAD, status)
+    except TimeoutError:
+        return 503, {"status": "not_ready", "reason": f"Serve's status did not answer within {timeout_s} s"}
+    application = current.applications.get(app_name)
+    for name in ("PixtralServer", "ImagePool"):
+        deployment = application.deployments.get(name) if application else None
+        running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
+        if running < 1:
+            return 503, {"status": "not_ready", "reason": f"no running {name} replica"}
+    return 200, {"status": "ready"}
+
+
 @serve.deployment(name="OpenAIIngress")
 @serve.ingress(app)
 class OpenAIIngress:
@@ -135,25 +160,10 @@ class OpenAIIngress:
         never the replicas, so it does not wait behind generations; bounded by ready_timeout_s."""
         async with self._ready_lock:
             if time.monotonic() - self._ready_at > _READY_CACHE_S:
-                self._ready = await self._ask_serve()
+                self._ready = await readiness(self._app_name, self._config.ingress.ready_timeout_s)
                 self._ready_at = time.monotonic()
         status, body = self._ready
         return JSONResponse(body, status_code=status)
-
-    async def _ask_serve(self) -> tuple[int, dict[str, Any]]:
-        timeout = self._config.ingress.ready_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                status = await asyncio.to_thread(serve.status)
-        except TimeoutError:
-            return 503, {"status": "not_ready", "reason": f"Serve's status did not answer within {timeout} s"}
-        application = status.applications.get(self._app_name)
-        for name in ("PixtralServer", "ImagePool"):
-            deployment = application.deployments.get(name) if application else None
-            running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
-            if running < 1:
-                return 503, {"status": "not_ready", "reason": f"no running {name} replica"}
-        return 200, {"status": "ready"}
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:

@@ -99,3 +99,50 @@ def test_off_loop_parse_keeps_the_typed_errors():
         asyncio.run(parse_chat_request_off_loop(json.dumps({"model": "m", "messages": [], "pad": "x" * 100}).encode(),
                                                 off_loop_above=10))
     assert info.value.status_code == 400
+
+
+def serve_status(**running: int):
+    """Ray Serve's own status objects for one app with these RUNNING replica counts."""
+    from ray.serve.schema import ApplicationStatusOverview, DeploymentStatusOverview, ServeStatus
+
+    deployments = {
+        name: DeploymentStatusOverview(status="HEALTHY", status_trigger="CONFIG_UPDATE_COMPLETED",
+                                       replica_states={"RUNNING": count} if count else {}, message="")
+        for name, count in running.items()
+    }
+    app = ApplicationStatusOverview(status="RUNNING", message="", last_deployed_time_s=0.0, deployments=deployments)
+    return ServeStatus(applications={"pixtral": app})
+
+
+def test_ready_needs_a_running_engine_and_pool_replica():
+    from serve_app.deployments.ingress import readiness
+
+    def ask(**running):
+        return asyncio.run(readiness("pixtral", 5, lambda: serve_status(**running)))
+
+    assert ask(OpenAIIngress=1, ImagePool=2, PixtralServer=1) == (200, {"status": "ready"})
+    assert ask(OpenAIIngress=1, ImagePool=2, PixtralServer=0) == (
+        503, {"status": "not_ready", "reason": "no running PixtralServer replica"})
+    assert ask(OpenAIIngress=1, PixtralServer=1)[1]["reason"] == "no running ImagePool replica"
+    assert asyncio.run(readiness("other-app", 5, lambda: serve_status(PixtralServer=1)))[0] == 503
+
+
+def test_ready_has_its_own_deadline():
+    import threading
+    import time
+
+    from serve_app.deployments.ingress import readiness
+
+    stuck = threading.Event()
+
+    async def main():
+        started = time.monotonic()
+        answer = await readiness("pixtral", 0.5, lambda: stuck.wait(30))
+        return answer, time.monotonic() - started
+
+    try:
+        (status, body), elapsed = asyncio.run(main())
+    finally:
+        stuck.set()
+    assert status == 503 and "did not answer within 0.5 s" in body["reason"]
+    assert elapsed < 2
