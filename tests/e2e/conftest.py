@@ -144,11 +144,17 @@ def image_server():
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     routes: dict[str, tuple[str, bytes]] = {}
+    started: list[str] = []  # /slow/... responses begun
     aborted: list[str] = []  # /slow/... responses whose client hung up
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
+            if self.path.startswith("/late404/"):  # a missing image, answered after 1 s
+                time.sleep(1.0)
+                self.send_error(404)
+                return
             if self.path.startswith("/slow/"):  # one byte every 50 ms for up to 30 s
+                started.append(self.path)
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
                 self.send_header("Content-Length", str(10**6))
@@ -179,6 +185,7 @@ def image_server():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     server.routes = routes
+    server.started = started
     server.aborted = aborted
     server.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     yield server
