@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -80,7 +81,13 @@ def moto_endpoint():
 
 
 @pytest.fixture(scope="session")
-def served(tiny_model, api_key, moto_endpoint):
+def ray_metrics_port() -> int:
+    """The port of the e2e Ray node's Prometheus endpoint (Ray, Serve, app and vLLM metrics)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def served(tiny_model, api_key, moto_endpoint, ray_metrics_port):
     """Ray (local, loopback) + the Serve app; yields the base URL."""
     import ray
     from ray import serve
@@ -94,6 +101,7 @@ def served(tiny_model, api_key, moto_endpoint):
         num_cpus=4,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
+        _metrics_export_port=ray_metrics_port,
         log_to_driver=False,
     )
     try:
@@ -125,6 +133,35 @@ def served_large(served, tiny_large_model, api_key):
         system_prompt={"file": "SYSTEM_PROMPT.txt", "model_name": "Pixtral-Large-Instruct-2411", "timezone": "UTC"},
     )
     return deploy_args(args, name="pixtral-large", base=served, route_prefix="/large")
+
+
+@pytest.fixture(scope="session")
+def prometheus(served, ray_metrics_port, tmp_path_factory):
+    """A real Prometheus on loopback scraping the e2e Ray node every second; yields a ``PromQL``."""
+    from metrics_support import PromQL, prometheus_binary, start_prometheus, wait_for
+
+    binary = prometheus_binary()
+    if binary is None:
+        pytest.skip(
+            "no `prometheus` binary on PATH: `make test` installs Debian's prometheus package "
+            "with apt-get when run as root; install it to run the real-Prometheus tests"
+        )
+    workdir = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    proc = start_prometheus(binary, f"127.0.0.1:{ray_metrics_port}", workdir, port)
+    promql = PromQL(f"http://127.0.0.1:{port}")
+    try:
+        wait_for(lambda: proc.poll() is not None or promql.ready(), timeout_s=60, what="Prometheus ready")
+        if proc.poll() is not None:
+            raise RuntimeError("prometheus exited: " + (workdir / "prometheus.log").read_text()[-2000:])
+        wait_for(lambda: promql.scalar('up{job="ray"}') == 1, timeout_s=60, what="Prometheus scraping Ray")
+        yield promql
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture(scope="session")
