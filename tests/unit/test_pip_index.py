@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,19 @@ def test_main_prints_flags_on_stdout_and_the_decision_on_stderr():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "--find-links /srv/wheels"
     assert result.stderr.count("\n") == 1 and "PIP_EXTRA" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+def test_make_install_asks_the_tool_before_installing():
+    """The Makefile recipe (printed, not run): the tool's flags go into the pip install line."""
+    recipe = subprocess.run(
+        ["make", "-n", "-B", "install", "PIP_EXTRA=--find-links /srv/wheels"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    probe = recipe.index("PIP_EXTRA='--find-links /srv/wheels' .venv/bin/python tools/pip_index.py")
+    install = recipe.index("pip install -q $flags -r requirements/cpu.txt")
+    assert probe < install
+    assert 'flags="$(' in recipe[:install] and ")\" &&" in recipe[probe:install]
