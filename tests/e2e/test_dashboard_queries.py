@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from metrics_support import PromQLError, metric_names_in, send_mixed_traffic, wait_for
+from metrics_support import PromQLError, metric_names_in, send_concurrent_burst, send_mixed_traffic, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "k8s" / "components" / "monitoring" / "grafana-dashboard.json"
@@ -59,7 +59,8 @@ def test_every_dashboard_query_runs_on_existing_metrics(prometheus, client, serv
         from dashboard_picture import draw_dashboard
 
         for _ in range(4):  # a few more minutes of traffic, so the lines have a shape
-            time.sleep(20)
+            time.sleep(10)
             send_mixed_traffic(client, served, image_server)
+            send_concurrent_burst(client, image_server, requests=12, max_tokens=48)
         time.sleep(20)
         draw_dashboard(json.loads(DASHBOARD.read_text()), queries, prometheus, started - 60, time.time(), Path(out))

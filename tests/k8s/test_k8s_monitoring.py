@@ -135,3 +135,22 @@ def test_grafana_dashboard_panels_query_the_prometheus_datasource() -> None:
         assert len(ref_ids) == len(set(ref_ids)), panel["title"]
         for target in panel["targets"]:
             assert "ray_" in target["expr"], (panel["title"], target["expr"])
+
+
+def test_grafana_dashboard_covers_an_operators_questions() -> None:
+    """Request rate and errors by code, TTFT and end-to-end latency, image pool stages and
+    cache, engine queue and KV cache, replicas per deployment."""
+    exprs = " ".join(t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"])
+    for metric in [
+        "ray_serve_num_http_requests_total",
+        "ray_serve_num_http_error_requests_total",
+        "ray_vllm_time_to_first_token_seconds_bucket",
+        "ray_serve_http_request_latency_ms_bucket",
+        "ray_pixtral_image_fetch_seconds_bucket",
+        "ray_pixtral_image_decode_seconds_bucket",
+        'ray_pixtral_images_total{outcome="cache_hit"}',
+        "ray_vllm_num_requests_waiting",
+        "ray_vllm_kv_cache_usage_perc",
+        "ray_serve_deployment_replica_healthy",
+    ]:
+        assert metric in exprs, metric
