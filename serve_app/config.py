@@ -154,6 +154,13 @@ class LLMDeploymentConfig(DeploymentConfig):
     max_ongoing_requests: int = Field(256, ge=1, description="Requests one vLLM replica accepts at once.")
     engine_start_timeout_s: float = Field(1800.0, gt=0, description="Replica health-check grace at start.")
     env: dict[str, str] = Field(default_factory=dict, description="Environment for the replica (runtime_env).")
+    stream_interval_s: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Token deltas that arrive within this many seconds go to the ingress as one "
+        "message (the first and last are never held); 0 sends one message per engine step.",
+    )
 
     def placement_bundles(self, tensor_parallel_size: int) -> list[dict[str, float]]:
         """One GPU bundle per tensor-parallel rank; the replica itself sits in the first."""

@@ -111,7 +111,14 @@ class ChatCompletionRequest(_Wire):
 
 
 def completion_body(
-    *, request_id: str, model: str, text: str, finish_reason: str | None, prompt_tokens: int, completion_tokens: int
+    *,
+    request_id: str,
+    model: str,
+    text: str,
+    finish_reason: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int | None = None,
 ) -> dict[str, Any]:
     return {
         "id": request_id,
@@ -126,7 +133,7 @@ def completion_body(
                 "logprobs": None,
             }
         ],
-        "usage": usage_body(prompt_tokens, completion_tokens),
+        "usage": usage_body(prompt_tokens, completion_tokens, cached_tokens),
     }
 
 
@@ -154,9 +161,13 @@ def chunk_body(
     return body
 
 
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def usage_body(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; ``prompt_tokens_details.cached_tokens`` when the engine reported it."""
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return usage

@@ -137,6 +137,7 @@ class OpenAIIngress:
             finish_reason=last.finish_reason,
             prompt_tokens=last.prompt_tokens,
             completion_tokens=last.completion_tokens,
+            cached_tokens=last.cached_tokens,
         )
         if chat.return_token_ids:
             body["prompt_token_ids"] = first.prompt_token_ids
@@ -224,7 +225,8 @@ class OpenAIIngress:
             yield event(
                 chunk_body(
                     request_id=request_id, model=model, created=created, delta={}, finish_reason=None,
-                    usage=usage_body(last.prompt_tokens, last.completion_tokens), with_choice=False,
+                    usage=usage_body(last.prompt_tokens, last.completion_tokens, last.cached_tokens),
+                    with_choice=False,
                 )
             )
         yield "data: [DONE]\n\n"

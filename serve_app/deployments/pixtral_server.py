@@ -10,8 +10,9 @@ from ray import serve
 
 from serve_app.config import AppConfig
 from serve_app.engine.prompt import PixtralPromptBuilder
-from serve_app.engine.system_prompt import DefaultSystemPrompt
 from serve_app.engine.protocol import Engine, GenerationChunk, SamplingSettings
+from serve_app.engine.stream import coalesce
+from serve_app.engine.system_prompt import DefaultSystemPrompt
 from serve_app.errors import EngineError, InvalidRequestError
 from serve_app.images import PreparedImage
 
@@ -68,7 +69,8 @@ class PixtralServer:
         settings = SamplingSettings(
             **{**sampling, "max_tokens": requested or min(self._config.default_max_tokens, room)}
         )
-        async for chunk in self._engine.generate(prompt, settings, request_id):
+        chunks = self._engine.generate(prompt, settings, request_id)
+        async for chunk in coalesce(chunks, self._config.llm.stream_interval_s):
             yield chunk
 
     async def check_health(self) -> None:

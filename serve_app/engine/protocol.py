@@ -30,6 +30,7 @@ class GenerationChunk:
     completion_tokens: int
     finish_reason: str | None = None
     prompt_token_ids: list[int] | None = None  # on the first chunk only
+    cached_tokens: int | None = None  # prompt tokens the engine's prefix cache answered, when known
 
 
 class Engine(Protocol):

@@ -136,9 +136,12 @@ class VLLMEngine:
         try:
             rendered = await self._engine.renderer.render_cmpl_async([TokensPrompt(**tokens_prompt)])
             completion_tokens = 0
+            cached_tokens: int | None = None
             first = True
             async for output in self._engine.generate(rendered[0], params, request_id):
                 choice = output.outputs[0]
+                if cached_tokens is None:
+                    cached_tokens = getattr(output, "num_cached_tokens", None)
                 completion_tokens += len(choice.token_ids)
                 finish = choice.finish_reason if output.finished else None
                 if finish == "error":
@@ -150,6 +153,7 @@ class VLLMEngine:
                     completion_tokens=completion_tokens,
                     finish_reason=finish,
                     prompt_token_ids=list(prompt.token_ids) if first else None,
+                    cached_tokens=cached_tokens,
                 )
                 first = False
         except PixtralServeError:

@@ -262,3 +262,38 @@ def test_return_token_ids_equal_mistral_common(served, api_key, reference_tokeni
     ).tokens
     assert body["prompt_token_ids"] == expected
     assert len(body["choices"][0]["token_ids"]) == body["usage"]["completion_tokens"] == 5
+
+
+def test_resent_image_hits_the_prefix_cache_and_another_image_never_does(client, reference_tokenizer):
+    """A chat client resends the whole conversation, image included, every turn: the engine's
+    prefix cache (keyed by the pool's content hashes) answers it; a different image never hits."""
+    image, other = data_url(jpeg_bytes(50, (512, 384))), data_url(jpeg_bytes(51, (512, 384)))
+    turn1 = [user_message(image)]
+    first = complete(client, turn1, max_tokens=4)
+    turn2 = turn1 + [
+        {"role": "assistant", "content": first.choices[0].message.content or "ok"},
+        {"role": "user", "content": "And the colours?"},
+    ]
+    second = complete(client, turn2, max_tokens=4)
+    image_tokens = reference_prompt_tokens(reference_tokenizer, "Describe the image.", image)
+    assert second.usage.prompt_tokens_details is not None
+    # At least the whole first turn up to its last full cache block came from the cache.
+    assert second.usage.prompt_tokens_details.cached_tokens >= image_tokens - 256
+    assert second.usage.prompt_tokens_details.cached_tokens > 0
+
+    fresh = complete(client, [user_message(other)], max_tokens=4)
+    ids = reference_tokenizer.encode_chat_completion(
+        ChatCompletionRequest(messages=[UserMessage(content=[TextChunk(text="Describe the image."), ImageURLChunk(image_url=other)])])
+    ).tokens
+    first_image_token = ids.index(reference_tokenizer.instruct_tokenizer.image_encoder.special_ids.img)
+    # Only the text before the image can be shared with earlier requests, never image tokens.
+    assert fresh.usage.prompt_tokens_details.cached_tokens <= first_image_token
+
+
+def test_streamed_usage_reports_cached_tokens(client):
+    messages = [user_message(data_url(jpeg_bytes(52, (256, 256))))]
+    complete(client, messages, max_tokens=2)
+    stream = complete(client, messages, max_tokens=6, stream=True, stream_options={"include_usage": True})
+    usage = [c.usage for c in stream if c.usage is not None]
+    assert len(usage) == 1 and usage[0].completion_tokens == 6
+    assert usage[0].prompt_tokens_details.cached_tokens > 0
