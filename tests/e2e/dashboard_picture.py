@@ -1,6 +1,6 @@
 """Draw the Grafana dashboard's queries as one matplotlib page (what an operator sees).
 
-Needs matplotlib (requirements/bench.txt); used by tests/e2e/test_dashboard_queries.py only
+Needs matplotlib (requirements/test.txt); used by tests/e2e/test_dashboard_queries.py only
 when PIXTRAL_DASHBOARD_PNG is set.
 """
 
