@@ -35,7 +35,7 @@ $(STAMP): requirements/cpu.txt requirements/test.txt pyproject.toml tools/patch_
 	touch $(STAMP)
 
 $(TINY_MODEL)/consolidated.safetensors: | $(STAMP)
-	$(PY) -m serve_app.tiny_model $(TINY_MODEL) --shape pixtral-12b
+	$(PY) -m tools.tiny_model $(TINY_MODEL) --shape pixtral-12b
 
 model: $(TINY_MODEL)/consolidated.safetensors
 
@@ -56,7 +56,7 @@ test: $(STAMP) model prometheus
 	$(PY) -m pytest -q
 
 manifests: $(STAMP)
-	$(PY) -m serve_app.manifests
+	$(PY) -m tools.manifests
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
