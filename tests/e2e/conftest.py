@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from chat_payloads import REQUEST_LIMIT, SYSTEM_PROMPT_TEMPLATE
-from serve_support import TINY_LARGE, TINY_MODEL, cpu_app_args, deploy_args, free_port
+from serve_support import TINY_LARGE, TINY_MODEL, cpu_app_args, deploy_args, end_process, free_port
 
 for key, value in {
     "RAY_AUTH_MODE": "disabled",
@@ -75,15 +75,17 @@ def moto_endpoint():
                 raise RuntimeError("moto_server did not start within 30 s")
             time.sleep(0.2)
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    end_process(proc)
 
 
 @pytest.fixture(scope="session")
-def served(tiny_model, api_key, moto_endpoint):
+def ray_metrics_port() -> int:
+    """The port of the e2e Ray node's Prometheus endpoint (Ray, Serve, app and vLLM metrics)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def served(tiny_model, api_key, moto_endpoint, ray_metrics_port):
     """Ray (local, loopback) + the Serve app; yields the base URL."""
     import ray
     from ray import serve
@@ -97,6 +99,7 @@ def served(tiny_model, api_key, moto_endpoint):
         num_cpus=4,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
+        _metrics_export_port=ray_metrics_port,
         log_to_driver=False,
     )
     try:
@@ -129,6 +132,39 @@ def served_large(served, tiny_large_model, api_key):
         system_prompt={"file": "SYSTEM_PROMPT.txt", "model_name": "Pixtral-Large-Instruct-2411", "timezone": "UTC"},
     )
     return deploy_args(args, name="pixtral-large", base=served, route_prefix="/large")
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    """Debian's prometheus; skips (before Ray starts) where it is not installed."""
+    import shutil
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip(
+            "no `prometheus` binary on PATH: `make test` installs Debian's prometheus package "
+            "with apt-get when run as root; install it to run the real-Prometheus tests"
+        )
+    return binary
+
+
+@pytest.fixture(scope="session")
+def prometheus(prometheus_binary, served, ray_metrics_port, tmp_path_factory):
+    """A real Prometheus on loopback scraping the e2e Ray node every second; yields a ``PromQL``."""
+    from metrics_support import PromQL, start_prometheus, wait_for
+
+    workdir = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    proc = start_prometheus(prometheus_binary, f"127.0.0.1:{ray_metrics_port}", workdir, port)
+    promql = PromQL(f"http://127.0.0.1:{port}")
+    try:
+        wait_for(lambda: proc.poll() is not None or promql.ready(), timeout_s=60, what="Prometheus ready")
+        if proc.poll() is not None:
+            raise RuntimeError("prometheus exited: " + (workdir / "prometheus.log").read_text()[-2000:])
+        wait_for(lambda: promql.scalar('up{job="ray"}') == 1, timeout_s=60, what="Prometheus scraping Ray")
+        yield promql
+    finally:
+        end_process(proc)
 
 
 @pytest.fixture(scope="session")

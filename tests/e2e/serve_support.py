@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def end_process(proc: subprocess.Popen, timeout_s: float = 10) -> None:
+    """Stop a server this test session started: SIGTERM, then SIGKILL after ``timeout_s``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 def cpu_app_args(**overrides) -> dict:
