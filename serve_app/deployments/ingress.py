@@ -16,7 +16,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.api.errors import as_service_error, error_response, sse_error_event, unwrap
+from serve_app.api.errors import (
+    REPLICA_GONE,
+    as_service_error,
+    error_response,
+    sse_error_event,
+    unwrap,
+    unwrap_cause,
+)
 from serve_app.api.models import ChatCompletionRequest, chunk_body, completion_body, usage_body
 from serve_app.config import AppConfig
 from serve_app.errors import (
@@ -175,8 +182,7 @@ class OpenAIIngress:
         limit = self._config.engine.max_images_per_prompt
         if len(urls) > limit:
             raise TooManyImagesError(f"{len(urls)} images given; this model takes at most {limit} per request")
-        calls = [self._pool.prepare.remote(url) for url, _ in urls]
-        results = await asyncio.gather(*calls, return_exceptions=True)
+        results = await asyncio.gather(*(self._prepare_one(url) for url, _ in urls), return_exceptions=True)
         for index, (result, (_, param)) in enumerate(zip(results, urls)):
             if isinstance(result, BaseException):
                 error = unwrap(result)
@@ -184,6 +190,15 @@ class OpenAIIngress:
                     raise type(error)(f"image {index}: {error.message}", param=param, code=error.code)
                 raise error
         return list(results)
+
+    async def _prepare_one(self, url: str) -> Any:
+        """One image from the pool; a pool replica that died on it (scale-down, crash) is retried once."""
+        try:
+            return await self._pool.prepare.remote(url)
+        except Exception as exc:
+            if type(unwrap_cause(exc)).__name__ not in REPLICA_GONE:
+                raise
+        return await self._pool.prepare.remote(url)
 
     async def _sse(
         self, request_id: str, first: Any, stream: Any, include_usage: bool

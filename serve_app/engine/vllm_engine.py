@@ -14,7 +14,13 @@ from typing import Any, AsyncIterator
 from serve_app.config import EngineConfig
 from serve_app.engine.prompt import ChatPrompt
 from serve_app.engine.protocol import GenerationChunk, SamplingSettings
-from serve_app.errors import EngineError, EngineOverloadedError, InvalidRequestError, PixtralServeError
+from serve_app.errors import (
+    EngineError,
+    EngineOverloadedError,
+    InvalidRequestError,
+    PixtralServeError,
+    ServerOverloadedError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +80,9 @@ class VLLMEngine:
         if self._engine is None:
             raise EngineError("engine is not started")
         await self._engine.check_health()
+
+    def unfinished_requests(self) -> int:
+        return 0 if self._engine is None else self._engine.get_num_unfinished_requests()
 
     def shutdown(self) -> None:
         if self._engine is not None:
@@ -140,8 +149,8 @@ def _classify(exc: BaseException) -> PixtralServeError:
     if isinstance(exc, EngineDeadError):
         return EngineOverloadedError("the engine is restarting; retry the request")
     http_status = getattr(exc, "http_status", None)
-    if http_status == 503:
-        return EngineOverloadedError(f"engine queue is full: {exc}")
+    if http_status == 503:  # vLLM's own queue limits (max_num_queued_reqs / _tokens)
+        return ServerOverloadedError(f"the engine's queue is full; retry the request later ({exc})")
     root = exc.__cause__ or exc
     name = type(root).__name__
     if name in {"VLLMValidationError", "VLLMClientError"} or isinstance(root, (ValueError, TypeError)):

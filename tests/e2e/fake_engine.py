@@ -27,5 +27,8 @@ class FakeFailingEngine:
     async def check_health(self) -> None:
         return None
 
+    def unfinished_requests(self) -> int:
+        return 0
+
     def shutdown(self) -> None:
         return None
