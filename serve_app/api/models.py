@@ -58,7 +58,7 @@ class ChatCompletionRequest(_Wire):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=list)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63, description="A 64-bit integer, as OpenAI's.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1)

@@ -163,8 +163,10 @@ class OpenAIIngress:
                 raise InvalidRequestError(f"request body exceeds {limit} bytes", code="request_too_large")
         try:
             payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # bad JSON or UTF-8, and integers past Python's 4300-digit limit
             raise InvalidRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+        except RecursionError as exc:
+            raise InvalidRequestError("request body is nested too deeply", code="invalid_json") from exc
         if not isinstance(payload, dict):
             raise InvalidRequestError("request body must be a JSON object", code="invalid_json")
         try:

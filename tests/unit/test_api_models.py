@@ -58,6 +58,8 @@ def test_image_parts_are_listed_with_their_param_path():
         ({"max_tokens": 0}, "max_tokens"),
         ({"frobnicate": True}, "frobnicate"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"seed": 2**70}, "seed"),  # reached the engine as an OverflowError (500) before
+        ({"seed": -(2**63) - 1}, "seed"),
     ],
 )
 def test_invalid_requests_map_to_400_naming_the_field(fields, param):
