@@ -14,7 +14,7 @@ from serve_app.engine.protocol import Engine, GenerationChunk, SamplingSettings
 from serve_app.engine.stream import coalesce
 from serve_app.engine.system_prompt import DefaultSystemPrompt
 from serve_app.engine.admission import WorkLedger
-from serve_app.errors import EngineError, EngineOverloadedError, InvalidRequestError
+from serve_app.errors import EngineOverloadedError, InvalidRequestError
 from serve_app.images import PreparedImage
 
 logger = logging.getLogger(__name__)
@@ -33,13 +33,12 @@ def vllm_engine_factory(config: AppConfig) -> Engine:
 class PixtralServer:
     async def __init__(self, config: AppConfig, engine_factory: EngineFactory = vllm_engine_factory):
         self._config = config
+        # Everything that can fail cheaply (tokenizer, system prompt file) fails before the
+        # engine loads its weights, not after, and not again on every restart.
         self._prompts = PixtralPromptBuilder(config.tokenizer_path())
-        self._engine = engine_factory(config)
-        try:
-            await asyncio.wait_for(self._engine.start(), timeout=config.llm.engine_start_timeout_s)
-        except asyncio.TimeoutError as exc:
-            raise EngineError(f"engine did not start within {config.llm.engine_start_timeout_s} s") from exc
         self._system_prompt = await asyncio.to_thread(DefaultSystemPrompt.from_config, config)
+        self._engine = engine_factory(config)
+        await self._engine.start(config.llm.engine_start_timeout_s)
         self._ledger = WorkLedger(config.llm.admission)
         self._engine_dead: str | None = None
         self._watchdog = asyncio.create_task(self._watch_engine())

@@ -11,7 +11,7 @@ class FakeFailingEngine:
     def __init__(self, config) -> None:
         self.config = config
 
-    async def start(self) -> None:
+    async def start(self, timeout_s: float) -> None:
         return None
 
     async def generate(self, prompt, sampling, request_id):
@@ -51,7 +51,7 @@ class FakeSlowEngine:
         self.instance = uuid.uuid4().hex[:8]
         self.running = 0
 
-    async def start(self) -> None:
+    async def start(self, timeout_s: float) -> None:
         return None
 
     async def generate(self, prompt, sampling, request_id):
@@ -79,3 +79,12 @@ class FakeSlowEngine:
 
     def shutdown(self) -> None:
         return None
+
+
+class FakeSlowStartEngine(FakeFailingEngine):
+    """An engine still loading its weights: start() takes the whole start-up deadline."""
+
+    async def start(self, timeout_s: float) -> None:
+        import asyncio
+
+        await asyncio.sleep(timeout_s)
