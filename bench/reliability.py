@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--client-timeout-s", type=float, default=90)
     parser.add_argument("--steady", type=int, default=4)
     parser.add_argument("--skip-faults", action="store_true")
+    parser.add_argument("--pool-replicas", type=int, default=2, help="pool replicas (one is killed)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -224,6 +225,9 @@ def main() -> None:
     app_args = document["applications"][0]["args"]
     app_args["engine"]["model"] = str(REPO / app_args["engine"]["model"])
     model = app_args["served_model_name"]
+    app_args["image_pool"].setdefault("autoscaling", {}).update(
+        min_replicas=args.pool_replicas, max_replicas=max(args.pool_replicas, 2)
+    )
     capacity = app_args["llm"]["max_ongoing_requests"]
     ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8123, "request_timeout_s": 300})
