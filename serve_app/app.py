@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
 from serve_app.config import AppConfig, DeploymentConfig
 from serve_app.deployments.image_pool import ImagePool
@@ -18,8 +19,12 @@ from serve_app.engine.prompt import image_grid_of
 
 
 def _common_options(deployment: DeploymentConfig) -> dict[str, Any]:
+    """Serve's own levers: bounded queues with 429 back-pressure, autoscaling, graceful drain."""
     return {
         "max_ongoing_requests": deployment.max_ongoing_requests,
+        "max_queued_requests": deployment.max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=429, retry_after_s=deployment.retry_after_s),
+        "graceful_shutdown_timeout_s": deployment.graceful_shutdown_timeout_s,
         "autoscaling_config": deployment.autoscaling.to_serve(),
     }
 
@@ -32,9 +37,8 @@ def llm_options(config: AppConfig) -> dict[str, Any]:
     options = {
         **_common_options(llm),
         "ray_actor_options": actor,
-        "health_check_period_s": 10,
+        "health_check_period_s": llm.health_check_period_s,
         "health_check_timeout_s": 60,
-        "graceful_shutdown_timeout_s": 30,
     }
     if llm.accelerator == "gpu":
         tp = config.engine.tensor_parallel_size

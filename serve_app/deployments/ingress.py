@@ -17,7 +17,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.api.errors import error_response, sse_error_event, unwrap
+from serve_app.api.errors import REPLICA_GONE, error_response, sse_error_event, unwrap, unwrap_cause
 from serve_app.api.models import (
     ChatCompletionRequest,
     chunk_body,
@@ -270,9 +270,17 @@ class OpenAIIngress:
             raise TooManyImagesError(f"{len(urls)} images given; this model takes at most {limit} per request")
         calls = [self._pool.prepare.remote(url) for url, _ in urls]
 
-        async def one(index: int, call: Any, param: str) -> Any:
+        async def one(index: int, call: Any, url: str, param: str) -> Any:
             try:
-                return await call
+                try:
+                    return await call
+                except Exception as exc:
+                    if type(unwrap_cause(exc)).__name__ not in REPLICA_GONE:
+                        raise
+                # The pool replica died on it (scale-down, crash): once more, on another.
+                retry = self._pool.prepare.remote(url)
+                calls.append(retry)
+                return await retry
             except Exception as exc:
                 error = unwrap(exc)
                 if isinstance(error, ImageError):
@@ -280,7 +288,7 @@ class OpenAIIngress:
                 raise error from None
 
         try:
-            images = [one(index, call, param) for index, (call, (_, param)) in enumerate(zip(calls, urls))]
+            images = [one(index, call, url, param) for index, (call, (url, param)) in enumerate(zip(calls, urls))]
             return list(await asyncio.gather(*images))
         except BaseException:
             # The request has failed: the other images' fetches stop too (the pool cancels them).
