@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app.api.errors import as_service_error, error_response, sse_error_event, unwrap
 from serve_app.api.models import ChatCompletionRequest, chunk_body, completion_body, usage_body
 from serve_app.config import AppConfig
+from serve_app.routing import affinity_key
 from serve_app.errors import (
     AuthenticationError,
     ImageError,
@@ -56,6 +57,7 @@ class OpenAIIngress:
         self._pool = image_pool
         self._llm = llm
         self._llm_stream = llm.options(stream=True)  # one handle, not one per request
+        self._routing = config.llm.routing
         self._api_keys = config.ingress.resolved_api_keys()
         self._created = int(time.time())
 
@@ -106,9 +108,14 @@ class OpenAIIngress:
             "seed": chat.seed,
             "ignore_eos": chat.ignore_eos,
         }
-        stream = self._llm_stream.generate.remote(
-            chat.plain_messages(), images, sampling, request_id
-        )
+        messages = chat.plain_messages()
+        llm = self._llm_stream
+        if self._routing.policy == "affinity":
+            # Serve's stickiness slot carries the key to CacheAffinityRouter (serve_app/routing).
+            image_ids = [image.content_id for image in images]
+            key = affinity_key(messages, image_ids, prefix_chars=self._routing.prefix_chars)
+            llm = llm.options(session_id=key)
+        stream = llm.generate.remote(messages, images, sampling, request_id)
         # The first chunk comes before any byte is sent, so prompt and engine errors
         # still get their own status code.
         try:
