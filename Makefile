@@ -16,7 +16,7 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test install model manifests clean
+.PHONY: run test test-scale-out install model manifests clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ run: $(STAMP) model
 
 test: $(STAMP) model
 	$(PY) -m pytest -q
+
+# Two tiny-model LLM replicas (cache-affinity routing); its own Ray, so its own session.
+test-scale-out: $(STAMP) model
+	$(PY) -m pytest -q -m scale_out tests/e2e
 
 manifests: $(STAMP)
 	$(PY) -m serve_app.manifests
