@@ -14,3 +14,6 @@ except Exception as e:
 PIXTRAL_SERVE_API_KEYS="$(_pixtral_secret pixtral-serve/api-keys)" || return 1
 export PIXTRAL_SERVE_API_KEYS
 if HF_TOKEN="$(_pixtral_secret pixtral-serve/hf-token 2>/dev/null)"; then export HF_TOKEN; else unset HF_TOKEN; fi
+# Ray Serve's throughput mode and its gRPC message cap: see k8s/image/Dockerfile.
+export RAY_SERVE_THROUGHPUT_OPTIMIZED=1
+export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH=134217728

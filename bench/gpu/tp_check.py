@@ -2,7 +2,7 @@
 
 Starts a local Ray with the machine's GPUs, deploys a Serve config, waits for
 health, sends image requests, samples nvidia-smi while they run, records the
-replica's placement group, and optionally runs bench/bench_openai.py at given
+replica's placement group, and optionally runs bench/load.py's unique-1024x768 load at given
 concurrencies. Writes <name>.json (and bench JSONs) to $OUT (or .).
 
     python3 bench/gpu/tp_check.py                                  # TP 2, 12-layer model
@@ -108,7 +108,7 @@ def main() -> int:
     parser.add_argument("--config", default="bench/gpu/config.tp2.yaml")
     parser.add_argument("--params", default="bench/gpu/pixtral-large-reduced/params.json")
     parser.add_argument("--name", default="tp2")
-    parser.add_argument("--bench", type=int, nargs="*", default=[], help="bench_openai.py concurrencies")
+    parser.add_argument("--bench", type=int, nargs="*", default=[], help="load concurrencies (unique 1024x768 JPEGs)")
     parser.add_argument("--bench-requests", type=int, default=64)
     parser.add_argument("--sanity", type=int, default=48, help="image requests checked before the benchmark")
     options = parser.parse_args()
@@ -193,16 +193,20 @@ def main() -> int:
         )
     log(json.dumps({k: result[k] for k in ("ok", "requests", "req_per_s", "gpus_during_load")}))
     (OUT / f"{options.name}.json").write_text(json.dumps(result, indent=2))
+    if options.bench:
+        import asyncio
+
+        sys.path.insert(0, str(REPO / "bench"))
+        import load
+
+        images = load.ImageStore(OUT / "images")
     for concurrency in options.bench:
-        out = OUT / f"{options.name}-c{concurrency}.json"
-        subprocess.run(
-            [sys.executable, str(REPO / "bench/bench_openai.py"), "--url", base, "--model", served_name,
-             "--concurrency", str(concurrency), "--requests", str(options.bench_requests), "--warmup", "8",
-             "--image-size", "1024x768", "--gpu-sample", "--out", str(out), "--seed-base", str(1000 * concurrency)],
-            timeout=240, check=False,
-        )
-        if out.exists():
-            result.setdefault("bench", {})[f"c{concurrency}"] = json.loads(out.read_text())
+        convs = load.conversations({"kind": "single", "image": "1024x768", "requests": options.bench_requests},
+                                   1000 * concurrency)
+        images.ensure([img for c in convs for img in c.images])
+        result.setdefault("bench", {})[f"c{concurrency}"] = asyncio.run(load.run_conversations(
+            base, served_name, convs, images, concurrency=concurrency,
+            request={"max_tokens": 64, "ignore_eos": True}, api_key="unused", timeout_s=240))
         log(f"bench c{concurrency}: done")
     (OUT / f"{options.name}.json").write_text(json.dumps(result, indent=2))
     serve.shutdown()

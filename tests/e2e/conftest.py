@@ -18,6 +18,9 @@ for key, value in {
     "RAY_DEDUP_LOGS": "0",
     "VLLM_NO_USAGE_STATS": "1",
     "HF_HUB_OFFLINE": "1",
+    # What production runs (k8s/image/Dockerfile): Ray Serve's throughput mode, gRPC cap raised.
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "134217728",
 }.items():
     os.environ.setdefault(key, value)
 

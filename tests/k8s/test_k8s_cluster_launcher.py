@@ -4,6 +4,7 @@ RunInstances parameters (botocore's service model, checked recursively and stric
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import botocore.session
@@ -127,3 +128,23 @@ def test_cluster_installs_and_deploys_the_project(target) -> None:
     assert "--num-gpus=0" in start
     for commands in ("head_start_ray_commands", "worker_start_ray_commands"):
         assert any("source ~/pixtral-serve/cluster/node-env.sh" in c for c in cluster[commands])
+
+
+def _ray_serve_env(path: str, pattern: str) -> dict[str, str]:
+    text = (REPO_ROOT / path).read_text()
+    return {k: v.strip('"') for k, v in re.findall(pattern, text, flags=re.M)}
+
+
+def test_ray_serve_throughput_mode_is_set_the_same_everywhere_it_runs():
+    """Ray reads these at process start, so each way of starting Ray must set them: the image
+    (k8s), the cluster launcher's node env, `make run`, and the e2e tests (what CI exercises)."""
+    image = _ray_serve_env("k8s/image/Dockerfile", r"^ENV (RAY_SERVE_\w+)=(\S+)$")
+    assert image == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "134217728"}
+    assert _ray_serve_env("cluster/node-env.sh", r"^export (RAY_SERVE_\w+)=(\S+)$") == image
+    assert _ray_serve_env("Makefile", r"^export (RAY_SERVE_\w+) := (\S+)$") == image
+    assert _ray_serve_env("tests/e2e/conftest.py", r'^\s+"(RAY_SERVE_\w+)": "(\S+)",$') == image
+    # gRPC carries request bodies (data: URLs) and prepared pixels between deployments: its
+    # per-message cap must sit above the largest body the ingress accepts.
+    from serve_app.config import IngressConfig
+
+    assert int(image["RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"]) > IngressConfig().max_request_bytes
