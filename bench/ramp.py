@@ -12,8 +12,9 @@ end up with ``min_replicas: 1, max_replicas: 2``), then:
    streams in flight (Serve drains it: ``graceful_shutdown_timeout_s`` in ``app.py``);
 3. Serve's status is polled every ``--poll-s`` throughout: the autoscaler's decisions
    (status message "Upscaling/Downscaling from ..."), replica states, when each replica is
-   RUNNING or gone. The stopped replica's own log tells how many requests it still had
-   when it began to shut down.
+   RUNNING or gone. Each response names the LLM replica that answered (``X-Pixtral-Replica``),
+   so the report shows when the new replica served its first request and which streams the
+   stopped replica still had in flight when Serve began to stop it, and how they ended.
 
 Writes ``OUT_DIR/TAG.json`` (every event, the throughput timeline, every request's outcome
 summary), ``TAG.md`` and ``TAG.png`` (throughput and replicas over time; needs matplotlib).
@@ -240,19 +241,33 @@ def window(records: list[dict], samples: list[dict], lo: float | None, hi: float
             "ttft_p50_s": load.pct([r["ttft"] for r in ok], 50), "ttft_p99_s": load.pct([r["ttft"] for r in ok], 99)}
 
 
-def stopped_replica_drain(log_dir: Path | None) -> list[dict]:
-    """From each stopped LLM replica's log: the ongoing requests it waited for before exiting."""
-    found = []
-    if log_dir is None or not log_dir.is_dir():
-        return found
-    for path in sorted(log_dir.glob(f"replica_*_{LLM}_*.log")):
-        text = path.read_text(errors="replace")
-        if "Graceful shutdown complete" not in text and "Drained ongoing requests" not in text:
-            continue
-        waits = [int(m) for m in re.findall(r"Waiting for an additional .*?: (\d+) ongoing requests", text)]
-        found.append({"replica_log": path.name, "max_ongoing_while_draining": max(waits, default=0),
-                      "drain_wait_lines": len(waits), "drained": "Drained ongoing requests" in text})
-    return found
+def replicas_seen(records: list[dict], events: dict) -> dict:
+    """Per LLM replica (``X-Pixtral-Replica``): requests, first/last completion; which one was
+    stopped, and how the streams it had in flight when Serve began to stop it ended."""
+    per: dict[str, dict] = {}
+    for r in records:
+        if r.get("replica"):
+            seen = per.setdefault(r["replica"], {"requests": 0, "first_end_s": r["end"], "last_end_s": r["end"]})
+            seen["requests"] += 1
+            seen["first_end_s"] = min(seen["first_end_s"], r["end"])
+            seen["last_end_s"] = max(seen["last_end_s"], r["end"])
+    out: dict = {"replicas": per, "stopped": None}
+    stop_t = events["down_decision_s"]
+    answered = [r for r in records if r.get("replica")]
+    if stop_t is None or not answered:
+        return out
+    # The last request sent went to the replica that stays (Serve routes nothing new to a
+    # stopping one); with at most two replicas, the other one is the stopped replica.
+    survivor = max(answered, key=lambda r: r["start"])["replica"]
+    stopped = [name for name in per if name != survivor]
+    if len(stopped) != 1:
+        return out
+    # Requests that fail before their first byte carry no header: count every failure too.
+    in_flight = [r for r in records if r["start"] <= stop_t < r["end"] and r.get("replica") in (stopped[0], None)]
+    out["stopped"] = {"replica": stopped[0], "in_flight_at_stop": len(in_flight),
+                      "in_flight_ok": sum(r["ok"] for r in in_flight),
+                      "last_finished_s": max((r["end"] for r in in_flight), default=None)}
+    return out
 
 
 def chart(data: dict, path: Path) -> bool:
@@ -326,9 +341,14 @@ def markdown(data: dict, png: str | None) -> str:
     lines.append("")
     lines.append(f"Drain streams in flight when the autoscaler decided 2 -> 1: "
                  f"{s['drain_streams_in_flight_at_down_decision']}.")
-    for d in s["stopped_replicas"]:
-        lines.append(f"- stopped replica `{d['replica_log']}`: waited for up to {d['max_ongoing_while_draining']} "
-                     f"ongoing request(s) before exiting (drained: {d['drained']})")
+    seen = s["llm_replicas"]
+    for name, r in seen["replicas"].items():
+        lines.append(f"- LLM replica `{name}`: {r['requests']} requests answered, first at "
+                     f"{r['first_end_s']:.1f} s, last at {r['last_end_s']:.1f} s")
+    if seen["stopped"]:
+        st = seen["stopped"]
+        lines.append(f"- stopped replica `{st['replica']}`: {st['in_flight_at_stop']} stream(s) in flight when Serve "
+                     f"began to stop it, {st['in_flight_ok']} finished complete (last at {f(st['last_finished_s'])} s)")
     if s["first_error"]:
         lines.append(f"- first error: `{json.dumps(s['first_error'])}`")
     if png:
@@ -429,10 +449,6 @@ def main() -> int:
                   "overrides": a.set, "llm_autoscaling": scaling, "machine": run.machine(), "versions": run.versions(),
                   "ray_serve_env": run.shipped_ray_env(),
                   "settings": {k: v for k, v in vars(a).items() if k not in ("config", "tag", "out_dir", "set")}}
-    try:
-        log_dir = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
-    except Exception:
-        log_dir = None
     poller = None
     try:
         serve.start(http_options=http, proxy_location=cfg.get("proxy_location"))
@@ -472,6 +488,9 @@ def main() -> int:
     data.update(
         marks=marks, events=events, scaled_up=result["scaled_up"], scaled_in=result["scaled_in"],
         status_samples=poller.samples,
+        requests={"fields": ["phase", "start_s", "end_s", "ok", "ttft_s", "out_tokens", "replica", "error"],
+                  "rows": [[r["phase"], r["start"], r["end"], r["ok"], None if r.get("ttft") is None
+                            else round(r["ttft"], 3), r.get("out"), r.get("replica"), r.get("err")] for r in records]},
         timeline=timeline(records, poller.samples, a.bucket_s, marks["end_s"]),
         summary={
             "requests": len(records), "ramp_requests": sum(r["phase"] == "ramp" for r in records),
@@ -490,7 +509,7 @@ def main() -> int:
             "top_level_two_replicas": window(records, poller.samples, events["up_running_s"], marks["load_stop_s"]),
             "drain_streams_in_flight_at_down_decision": None if events["down_decision_s"] is None else sum(
                 1 for r in records if r["phase"] == "drain" and r["start"] <= events["down_decision_s"] < r["end"]),
-            "stopped_replicas": stopped_replica_drain(log_dir),
+            "llm_replicas": replicas_seen(records, events),
         },
     )
     png = out / f"{a.tag}.png"

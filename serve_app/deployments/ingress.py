@@ -49,6 +49,11 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
+def _replica_header(first: Any) -> dict[str, str]:
+    """``X-Pixtral-Replica``: the LLM replica that answered (opaque Serve replica id)."""
+    return {"X-Pixtral-Replica": first.replica} if first.replica else {}
+
+
 @serve.deployment(name="OpenAIIngress")
 @serve.ingress(app)
 class OpenAIIngress:
@@ -129,7 +134,7 @@ class OpenAIIngress:
             return StreamingResponse(
                 self._sse(request_id, first, stream, include_usage),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_replica_header(first)},
             )
         texts, token_ids = [first.text], list(first.token_ids)
         last = first
@@ -149,7 +154,7 @@ class OpenAIIngress:
         if chat.return_token_ids:
             body["prompt_token_ids"] = first.prompt_token_ids
             body["choices"][0]["token_ids"] = token_ids
-        return JSONResponse(body)
+        return JSONResponse(body, headers=_replica_header(first))
 
     async def _parse(self, request: Request) -> ChatCompletionRequest:
         limit = self._config.ingress.max_request_bytes

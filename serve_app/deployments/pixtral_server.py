@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any, AsyncIterator, Callable
 
@@ -32,6 +33,7 @@ def vllm_engine_factory(config: AppConfig) -> Engine:
 class PixtralServer:
     async def __init__(self, config: AppConfig, engine_factory: EngineFactory = vllm_engine_factory):
         self._config = config
+        self._replica = serve.get_replica_context().replica_id.unique_id
         self._prompts = PixtralPromptBuilder(config.tokenizer_path())
         self._engine = engine_factory(config)
         try:
@@ -70,7 +72,10 @@ class PixtralServer:
             **{**sampling, "max_tokens": requested or min(self._config.default_max_tokens, room)}
         )
         chunks = self._engine.generate(prompt, settings, request_id)
+        first = True
         async for chunk in coalesce(chunks, self._config.llm.stream_interval_s):
+            if first:  # which replica answered: routing is visible to clients and benchmarks
+                chunk, first = dataclasses.replace(chunk, replica=self._replica), False
             yield chunk
 
     async def check_health(self) -> None:
