@@ -19,7 +19,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app.api.errors import as_service_error, error_response, sse_error_event, unwrap
 from serve_app.api.models import ChatCompletionRequest, chunk_body, completion_body, usage_body
 from serve_app.config import AppConfig
-from serve_app.routing import affinity_key
 from serve_app.errors import (
     AuthenticationError,
     ImageError,
@@ -28,6 +27,7 @@ from serve_app.errors import (
     TooManyImagesError,
     UnknownModelError,
 )
+from serve_app.routing import affinity_key
 
 app = FastAPI(title="pixtral-serve", docs_url=None, redoc_url=None)
 
