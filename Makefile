@@ -7,7 +7,8 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TINY_MODEL := .cache/tiny-pixtral-12b
 TINY_LARGE := .cache/tiny-pixtral-large
-# Extra pip flags, e.g. an index that carries torch's "+cpu" builds on your machine.
+# Extra pip flags; when empty, tools/pip_index.py picks them (this machine's pip
+# configuration first, else PyTorch's CPU wheel index for torch's "+cpu" build).
 PIP_EXTRA ?=
 
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
@@ -19,13 +20,14 @@ export HF_HUB_OFFLINE := 1
 export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
 export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
 
-.PHONY: run test test-scale-out install model manifests clean
+.PHONY: run test test-scale-out install model prometheus manifests clean
 
 install: $(STAMP)
 
-$(STAMP): requirements/cpu.txt requirements/test.txt pyproject.toml tools/patch_torchvision_cpu.py
+$(STAMP): requirements/cpu.txt requirements/test.txt pyproject.toml tools/patch_torchvision_cpu.py tools/pip_index.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q $(PIP_EXTRA) -r requirements/cpu.txt -r requirements/test.txt
+	flags="$$(PIP_EXTRA='$(PIP_EXTRA)' $(PY) tools/pip_index.py)" && \
+	  $(PIP) install -q $$flags -r requirements/cpu.txt -r requirements/test.txt
 	# PyPI's torchaudio/torchcodec are CUDA builds that break imports beside torch+cpu.
 	$(PIP) uninstall -q -y torchaudio torchcodec
 	$(PY) tools/patch_torchvision_cpu.py
@@ -33,14 +35,24 @@ $(STAMP): requirements/cpu.txt requirements/test.txt pyproject.toml tools/patch_
 	touch $(STAMP)
 
 $(TINY_MODEL)/consolidated.safetensors: | $(STAMP)
-	$(PY) -m serve_app.tiny_model $(TINY_MODEL) --shape pixtral-12b
+	$(PY) -m tools.tiny_model $(TINY_MODEL) --shape pixtral-12b
 
 model: $(TINY_MODEL)/consolidated.safetensors
 
 run: $(STAMP) model
 	RAY_ADDRESS=local $(VENV)/bin/serve run config.cpu.yaml
 
-test: $(STAMP) model
+# tests/e2e/test_metrics_prometheus.py scrapes the e2e cluster with a real Prometheus
+# (Debian's package); without root or apt-get that test skips and says why.
+prometheus:
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's prometheus package for the metrics test"; \
+	    apt-get install -y -q prometheus >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; } \
+	      || echo "prometheus could not be installed: the metrics test will skip"; \
+	  else echo "prometheus is not installed and this is not a root apt machine: the metrics test will skip"; fi; }
+
+test: $(STAMP) model prometheus
 	$(PY) -m pytest -q
 
 # Two tiny-model LLM replicas (cache-affinity routing); its own Ray, so its own session.
@@ -48,7 +60,7 @@ test-scale-out: $(STAMP) model
 	$(PY) -m pytest -q -m scale_out tests/e2e
 
 manifests: $(STAMP)
-	$(PY) -m serve_app.manifests
+	$(PY) -m tools.manifests
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -74,7 +75,7 @@ class ImageStore:
     def ensure(self, wanted: list[tuple[str, int]]) -> None:
         jobs = [(str(self.path(s, n)), s, n) for s, n in sorted(set(wanted)) if not self.path(s, n).exists()]
         if len(jobs) > 1 and self.workers > 1:
-            with ProcessPoolExecutor(self.workers) as pool:
+            with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 list(pool.map(_write, jobs, chunksize=4))
         else:
             for job in jobs:

@@ -213,9 +213,11 @@ class Run:
         return r
 
     def main(self) -> None:
-        # Images are made while the first system starts (its cold start is the longest wait).
+        # Images first, in their own (spawned) processes: forked workers of a process that
+        # already runs threads hung on the GPU machine.
         self._images = threading.Thread(target=self.make_images, daemon=True)
         self._images.start()
+        self._images.join(timeout=max(1.0, self.deadline - time.monotonic()))
         try:
             for name, system in self.spec["systems"].items():
                 self.run_system(name, system)

@@ -7,6 +7,7 @@ config.yaml is an error naming the key, not a silently ignored setting.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from pathlib import Path
@@ -54,21 +55,59 @@ class DeploymentConfig(_Strict):
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Replica scaling.")
 
 
+def _env_list(name: str | None) -> list[str] | None:
+    """Comma-separated values of environment variable ``name``; None when it is unset or empty."""
+    if not name:
+        return None
+    values = [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+    return values or None
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for listener hosts only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class IngressConfig(DeploymentConfig):
     """The HTTP ingress: validation, auth, streaming."""
 
+    auth: Literal["loopback_only", "required", "disabled"] = Field(
+        "loopback_only",
+        description="loopback_only: bearer keys are checked when configured, and a replica without keys "
+        "refuses to start unless Serve's HTTP listener is on a loopback host. required: a replica "
+        "without keys refuses to start. disabled: no authentication anywhere (logged at start).",
+    )
     api_keys: list[str] = Field(default_factory=list, description="Accepted bearer keys (prefer api_keys_env).")
     api_keys_env: str | None = Field(
         "PIXTRAL_SERVE_API_KEYS",
         description="Environment variable holding comma-separated bearer keys, read at replica start.",
     )
-    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted request body. 16 MiB holds Pixtral's image limit as data: URLs "
+        "(each image is resized to at most 1024x1024 anyway); larger images belong behind https:// or s3://.",
+    )
+    parse_off_loop_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        description="Bodies larger than this are parsed and validated in a worker thread, so that a big "
+        "request does not stall the ingress event loop for the others.",
+    )
+    ready_timeout_s: float = Field(
+        5.0, gt=0, description="Deadline of GET /ready (Serve's view of the engine and pool replicas)."
+    )
     max_ongoing_requests: int = Field(512, ge=1, description="Requests one ingress replica accepts at once.")
 
     def resolved_api_keys(self) -> frozenset[str]:
         keys = set(self.api_keys)
-        if self.api_keys_env:
-            keys.update(k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip())
+        keys.update(_env_list(self.api_keys_env) or ())
         return frozenset(keys)
 
 
@@ -93,7 +132,30 @@ class FetchConfig(_Strict):
     )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); AWS if unset.")
     s3_region: str | None = Field(None, description="S3 region; boto3's default chain if unset.")
-    s3_allowed_buckets: list[str] = Field(default_factory=list, description="If set, only these buckets.")
+    s3_allowed_buckets: list[str] = Field(
+        default_factory=list,
+        description='Buckets s3:// images may come from. Empty (the default): no s3:// images at all. '
+        '["*"]: every bucket the replica\'s credentials can read (logged as a warning at start).',
+    )
+    s3_allowed_buckets_env: str | None = Field(
+        "PIXTRAL_SERVE_S3_ALLOWED_BUCKETS",
+        description="Environment variable with comma-separated buckets, read at replica start; when set "
+        "and not empty it replaces s3_allowed_buckets.",
+    )
+    s3_read_threads: int = Field(
+        8,
+        ge=1,
+        description="Threads per pool replica for blocking S3 reads, apart from the event loop's default "
+        "executor (DNS lookups), so that slow S3 cannot starve https fetches.",
+    )
+
+    def with_environment(self) -> "FetchConfig":
+        """This config with ``s3_allowed_buckets`` from the environment when it is set there."""
+        buckets = _env_list(self.s3_allowed_buckets_env)
+        return self if buckets is None else self.model_copy(update={"s3_allowed_buckets": buckets})
+
+    def s3_bucket_allowed(self, bucket: str) -> bool:
+        return "*" in self.s3_allowed_buckets or bucket in self.s3_allowed_buckets
 
 
 class DecodeConfig(_Strict):
@@ -175,7 +237,12 @@ class LLMDeploymentConfig(DeploymentConfig):
         "STRICT_PACK", description="Placement group strategy for the replica's bundles."
     )
     max_ongoing_requests: int = Field(256, ge=1, description="Requests one vLLM replica accepts at once.")
-    engine_start_timeout_s: float = Field(1800.0, gt=0, description="Replica health-check grace at start.")
+    engine_start_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Deadline of building the engine (weights loaded, workers up); past it the replica "
+        "fails and Ray Serve replaces it.",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Environment for the replica (runtime_env).")
     routing: LLMRoutingConfig = Field(
         default_factory=LLMRoutingConfig, description="Request routing to the replicas (cache affinity)."
@@ -230,9 +297,21 @@ class AppConfig(_Strict):
     image_pool: ImagePoolConfig = Field(default_factory=ImagePoolConfig, description="CPU image pool.")
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="HTTP ingress.")
     default_max_tokens: int = Field(1024, ge=1, description="max_tokens when a request gives none.")
+    max_tokens_limit: int = Field(
+        4096,
+        ge=1,
+        description="Largest max_tokens a request may ask for (ignore_eos included): one request holds "
+        "an engine slot for at most this many output tokens.",
+    )
     system_prompt: SystemPromptConfig | None = Field(
         None, description="Default system prompt, used only when a request has no system message."
     )
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> "AppConfig":
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("default_max_tokens must be <= max_tokens_limit")
+        return self
 
     def tokenizer_path(self) -> str:
         """The tokenizer file prompts are built with (``mistral_common:<file>`` = packaged)."""

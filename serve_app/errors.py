@@ -12,10 +12,13 @@ decides an HTTP status.
     │   │   ├── UnsupportedImageSourceError  400 (file://, ftp://, bare paths)
     │   │   ├── ImageDecodeError           400 (not an image, truncated, bomb)
     │   │   ├── ImageTooLargeError         413 (bytes or pixels past a cap)
-    │   │   ├── ImageNotFoundError         400 (404 from the host, missing S3 key)
-    │   │   ├── ImageForbiddenError        403 (S3 denied, host not allowed, SSRF)
+    │   │   ├── ImageNotFoundError         400 (404 from the host; S3 key missing, denied
+    │   │   │                                   or bucket not allowed: one answer for all three)
+    │   │   ├── ImageHostNotFoundError     400 (the image host does not resolve; not retried)
+    │   │   ├── ImageForbiddenError        403 (host not allowed, SSRF guard, host's 401/403)
     │   │   ├── ImageFetchTimeoutError     504 (slow or unreachable source)
-    │   │   └── ImageFetchError            502 (host kept failing: 5xx after retries)
+    │   │   ├── ImageFetchError            502 (host kept failing: 5xx after retries)
+    │   │   └── ImageSourceUnavailableError 502 (our S3 credentials/config fail; logged)
     │   └── TooManyImagesError             400
     ├── AuthenticationError                401
     └── EngineError                        500/503 (engine dead or overloaded)
@@ -97,6 +100,10 @@ class ImageNotFoundError(ImageError):
     default_code = "image_not_found"
 
 
+class ImageHostNotFoundError(ImageError):
+    default_code = "image_host_not_found"
+
+
 class ImageForbiddenError(ImageError):
     status_code = 403
     error_type = "permission_error"
@@ -115,6 +122,14 @@ class ImageFetchError(ImageError):
     status_code = 502
     error_type = "upstream_error"
     default_code = "image_fetch_failed"
+
+
+class ImageSourceUnavailableError(ImageError):
+    """Our side of an image source is broken (S3 credentials or configuration): not the client's fault."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    default_code = "image_source_unavailable"
 
 
 class AuthenticationError(PixtralServeError):
@@ -143,7 +158,9 @@ __all__ = [
     "ImageFetchError",
     "ImageFetchTimeoutError",
     "ImageForbiddenError",
+    "ImageHostNotFoundError",
     "ImageNotFoundError",
+    "ImageSourceUnavailableError",
     "ImageTooLargeError",
     "InvalidRequestError",
     "PixtralServeError",

@@ -28,24 +28,27 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def as_service_error(exc: BaseException) -> PixtralServeError:
+def as_service_error(exc: BaseException, request_id: str | None = None) -> PixtralServeError:
+    """Our typed errors as they are; pydantic validation as a 400; anything else is a bug or an
+    outage: logged with the request id, and a 500 that carries no internal text."""
     exc = unwrap(exc)
     if isinstance(exc, PixtralServeError):
         return exc
     if isinstance(exc, ValidationError):
         return InvalidRequestError(_describe_validation(exc), param=_first_param(exc))
-    logger.error("unexpected error", exc_info=exc)
-    return PixtralServeError("internal server error")
+    logger.error("unexpected error in request %s", request_id or "-", exc_info=exc)
+    where = f" (request id {request_id})" if request_id else ""
+    return PixtralServeError(f"internal server error{where}")
 
 
-def error_response(exc: BaseException) -> JSONResponse:
-    error = as_service_error(exc)
+def error_response(exc: BaseException, request_id: str | None = None) -> JSONResponse:
+    error = as_service_error(exc, request_id)
     return JSONResponse(error.to_body(), status_code=error.status_code)
 
 
-def sse_error_event(exc: BaseException) -> str:
+def sse_error_event(exc: BaseException, request_id: str | None = None) -> str:
     """A failure after the first streamed byte: one SSE event carrying the error body."""
-    return f"data: {json.dumps(as_service_error(exc).to_body())}\n\n"
+    return f"data: {json.dumps(as_service_error(exc, request_id).to_body())}\n\n"
 
 
 def _loc(error: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from serve_app.engine.prompt import PixtralPromptBuilder
 from serve_app.engine.protocol import Engine, GenerationChunk, SamplingSettings
 from serve_app.engine.stream import coalesce
 from serve_app.engine.system_prompt import DefaultSystemPrompt
-from serve_app.errors import EngineError, InvalidRequestError
+from serve_app.errors import InvalidRequestError
 from serve_app.images import PreparedImage
 
 logger = logging.getLogger(__name__)
@@ -34,13 +34,12 @@ class PixtralServer:
     async def __init__(self, config: AppConfig, engine_factory: EngineFactory = vllm_engine_factory):
         self._config = config
         self._replica = serve.get_replica_context().replica_id.unique_id
+        # Everything that can fail cheaply (tokenizer, system prompt file) fails before the
+        # engine loads its weights, not after, and not again on every restart.
         self._prompts = PixtralPromptBuilder(config.tokenizer_path())
-        self._engine = engine_factory(config)
-        try:
-            await asyncio.wait_for(self._engine.start(), timeout=config.llm.engine_start_timeout_s)
-        except asyncio.TimeoutError as exc:
-            raise EngineError(f"engine did not start within {config.llm.engine_start_timeout_s} s") from exc
         self._system_prompt = await asyncio.to_thread(DefaultSystemPrompt.from_config, config)
+        self._engine = engine_factory(config)
+        await self._engine.start(config.llm.engine_start_timeout_s)
 
     async def generate(
         self,

@@ -35,7 +35,9 @@ class GenerationChunk:
 
 
 class Engine(Protocol):
-    async def start(self) -> None: ...
+    async def start(self, timeout_s: float) -> None:
+        """Ready to generate within ``timeout_s`` seconds, or raise ``EngineError``."""
+        ...
 
     def generate(
         self, prompt: ChatPrompt, sampling: SamplingSettings, request_id: str

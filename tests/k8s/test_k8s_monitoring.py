@@ -4,11 +4,14 @@ checked against a strict schema of the prometheus-operator v1 fields it uses."""
 from __future__ import annotations
 
 import copy
+import json
 
 import jsonschema
 import pytest
 
-from manifest_checks import only, pod_templates, rendered, validate_core
+from manifest_checks import REPO_ROOT, only, pod_templates, rendered, validate_core
+
+DASHBOARD = REPO_ROOT / "k8s" / "components" / "monitoring" / "grafana-dashboard.json"
 
 _LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
 _RELABEL = {
@@ -105,4 +108,49 @@ def test_podmonitor_selects_every_ray_pod_on_a_declared_port() -> None:
 
 
 def test_monitoring_is_optional() -> None:
-    assert not [o for o in rendered("pixtral-12b") + rendered("pixtral-large") if o["kind"] == "PodMonitor"]
+    kinds = {o["kind"] for o in rendered("pixtral-12b") + rendered("pixtral-large")}
+    assert not kinds & {"PodMonitor", "ConfigMap"}
+
+
+def test_grafana_dashboard_is_provisioned_for_the_sidecar() -> None:
+    """kube-prometheus-stack's Grafana sidecar loads ConfigMaps labelled grafana_dashboard=1."""
+    config_map = only(rendered("pixtral-12b-eks"), "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (name, text), = config_map["data"].items()
+    assert name.endswith(".json")
+    assert json.loads(text) == json.loads(DASHBOARD.read_text())
+    validate_core(config_map)
+
+
+def test_grafana_dashboard_panels_query_the_prometheus_datasource() -> None:
+    """Offline shape checks; tests/e2e/test_dashboard_queries.py runs every query for real."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource"]
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], panel["title"]
+        ref_ids = [t["refId"] for t in panel["targets"]]
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+        for target in panel["targets"]:
+            assert "ray_" in target["expr"], (panel["title"], target["expr"])
+
+
+def test_grafana_dashboard_covers_an_operators_questions() -> None:
+    """Request rate and errors by code, TTFT and end-to-end latency, image pool stages and
+    cache, engine queue and KV cache, replicas per deployment."""
+    exprs = " ".join(t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"])
+    for metric in [
+        "ray_serve_num_http_requests_total",
+        "ray_serve_num_http_error_requests_total",
+        "ray_vllm_time_to_first_token_seconds_bucket",
+        "ray_serve_http_request_latency_ms_bucket",
+        "ray_pixtral_image_fetch_seconds_bucket",
+        "ray_pixtral_image_decode_seconds_bucket",
+        'ray_pixtral_images_total{outcome="cache_hit"}',
+        "ray_vllm_num_requests_waiting",
+        "ray_vllm_kv_cache_usage_perc",
+        "ray_serve_deployment_replica_healthy",
+    ]:
+        assert metric in exprs, metric

@@ -93,16 +93,9 @@ def test_typed_errors_keep_status_param_and_code_through_pickle(cls, status):
     assert b'"param":"messages[0].content[1].image_url.url"' in response.body
 
 
-def test_unexpected_exceptions_are_500_without_details():
-    error = as_service_error(RuntimeError("secret internal detail"))
+def test_unexpected_exceptions_are_logged_500s_naming_the_request_without_details(caplog):
+    with caplog.at_level("ERROR", logger="serve_app.api.errors"):
+        error = as_service_error(RuntimeError("secret internal detail"), "chatcmpl-123")
     assert error.status_code == 500
-    assert "secret" not in error.message
-
-
-def test_ray_wrapped_errors_are_unwrapped():
-    class FakeRayTaskError(Exception):
-        def __init__(self, cause):
-            self.cause = cause
-
-    inner = errors.ImageDecodeError("bad")
-    assert as_service_error(FakeRayTaskError(inner)) is inner
+    assert "secret" not in error.message and "chatcmpl-123" in error.message
+    assert "chatcmpl-123" in caplog.text and "secret internal detail" in caplog.text
