@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
 export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
 
-.PHONY: run test install model prometheus manifests clean
+.PHONY: run test test-scale-out install model prometheus manifests clean
 
 install: $(STAMP)
 
@@ -54,6 +54,10 @@ prometheus:
 
 test: $(STAMP) model prometheus
 	$(PY) -m pytest -q
+
+# Two tiny-model LLM replicas (cache-affinity routing); its own Ray, so its own session.
+test-scale-out: $(STAMP) model
+	$(PY) -m pytest -q -m scale_out tests/e2e
 
 manifests: $(STAMP)
 	$(PY) -m tools.manifests
