@@ -131,8 +131,8 @@ def scaling_events(samples: list[dict]) -> dict:
 class Load:
     """Closed-loop streaming clients; every request's outcome with start/end times."""
 
-    def __init__(self, url: str, model: str, image_urls: list[str], api_key: str, t0: float):
-        self.url, self.model, self.t0 = url, model, t0
+    def __init__(self, url: str, model: str, image_urls: list[str], api_key: str, t0: float, max_retries: int = 2):
+        self.url, self.model, self.t0, self.max_retries = url, model, t0, max_retries
         self.headers = {"Authorization": f"Bearer {api_key}"}
         self._images = itertools.cycle(image_urls)
         self.records: list[dict] = []
@@ -146,6 +146,12 @@ class Load:
                     "messages": [{"role": "user", "content": load.user_content(load.USER_TEXTS[0],
                                                                                [next(self._images)])}]}
             result = await load.post_chat(session, self.url, body, self.headers)
+            retries = 0
+            while result.get("status") == 429 and retries < self.max_retries:  # as the OpenAI SDK does
+                retries += 1
+                await asyncio.sleep(0.5 * 2**retries)
+                result = await load.post_chat(session, self.url, body, self.headers)
+            result["retries_429"] = retries
             result.pop("text", None)
             result.update(start=round(start, 3), end=round(time.time() - self.t0, 3), phase=phase,
                           max_tokens=max_tokens, level=self.level)
@@ -327,7 +333,8 @@ def markdown(data: dict, png: str | None) -> str:
         f"| autoscaler decides 2 -> 1 | {f(ev['down_decision_s'])} |",
         f"| back to one replica | {f(ev['down_done_s'])} |", "",
         f"Requests: {s['requests']} ({s['ramp_requests']} ramp, {s['drain_requests']} drain streams of "
-        f"{data['settings']['drain_max_tokens']} tokens); **failed: {s['failed']}**.",
+        f"{data['settings']['drain_max_tokens']} tokens); **failed: {s['failed']}** "
+        f"(requests that got a 429 first and were retried, as the OpenAI SDK does: {s.get('retried_429', 0)}).",
     ]
     lines += ["", "| concurrency | from-to s | LLM replicas running | req/s | output tok/s | TTFT p50 s | TTFT p99 s |",
               "|---|---|---|---|---|---|---|"]
@@ -407,6 +414,9 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--drain-streams", type=int, default=4)
     ap.add_argument("--drain-max-tokens", type=int, default=512)
+    ap.add_argument("--max-retries", type=int, default=2,
+                    help="retries of a 429 (admission / back-pressure), as the OpenAI SDK's default; "
+                         "a request that still gets 429 after them is a failure")
     ap.add_argument("--poll-s", type=float, default=0.25)
     ap.add_argument("--bucket-s", type=float, default=5)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -468,7 +478,7 @@ def main() -> int:
         t0 = time.time()
         poller = StatusPoller(name, t0, a.poll_s)
         poller.start()
-        clients = Load(url, model, image_urls, run.API_KEY, t0)
+        clients = Load(url, model, image_urls, run.API_KEY, t0, a.max_retries)
         result = asyncio.run(run_ramp(a, clients, poller))
         poller.stop.set()
         poller.join(timeout=10)
@@ -495,6 +505,7 @@ def main() -> int:
         summary={
             "requests": len(records), "ramp_requests": sum(r["phase"] == "ramp" for r in records),
             "drain_requests": sum(r["phase"] == "drain" for r in records), "failed": len(failed),
+            "retried_429": sum(1 for r in records if r.get("retries_429")),
             "first_error": failed[0] if failed else None, "top_level": top,
             "up_decision_to_running_s": None if None in (events["up_decision_s"], events["up_running_s"])
             else round(events["up_running_s"] - events["up_decision_s"], 2),
