@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
 export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
 
-.PHONY: run test install model prometheus manifests clean
+.PHONY: run test test-scale-out install model prometheus manifests clean
 
 install: $(STAMP)
 
@@ -35,7 +35,7 @@ $(STAMP): requirements/cpu.txt requirements/test.txt pyproject.toml tools/patch_
 	touch $(STAMP)
 
 $(TINY_MODEL)/consolidated.safetensors: | $(STAMP)
-	$(PY) -m serve_app.tiny_model $(TINY_MODEL) --shape pixtral-12b
+	$(PY) -m tools.tiny_model $(TINY_MODEL) --shape pixtral-12b
 
 model: $(TINY_MODEL)/consolidated.safetensors
 
@@ -58,8 +58,12 @@ prometheus:
 test: $(STAMP) model prometheus
 	$(PY) -m pytest -q
 
+# Two tiny-model LLM replicas (cache-affinity routing); its own Ray, so its own session.
+test-scale-out: $(STAMP) model
+	$(PY) -m pytest -q -m scale_out tests/e2e
+
 manifests: $(STAMP)
-	$(PY) -m serve_app.manifests
+	$(PY) -m tools.manifests
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -132,7 +132,7 @@ def main() -> int:
     healthy = False
     while time.monotonic() - t0 < START_TIMEOUT_S:
         try:
-            if httpx.get(base + "/health", timeout=5).status_code == 200:
+            if httpx.get(base + "/ready", timeout=5).status_code == 200:
                 healthy = True
                 break
         except Exception:

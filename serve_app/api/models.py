@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from serve_app.api.errors import as_service_error
+from serve_app.errors import InvalidRequestError
 
 
 class _Wire(BaseModel):
@@ -58,7 +63,7 @@ class ChatCompletionRequest(_Wire):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=list)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63, description="A 64-bit integer, as OpenAI's.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1)
@@ -85,6 +90,12 @@ class ChatCompletionRequest(_Wire):
             raise ValueError("stop takes at most 4 non-empty strings")
         return stops
 
+    def requested_max_tokens(self) -> tuple[int | None, str]:
+        """(the output cap the client asked for, the field it came in)."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        return self.max_tokens, "max_tokens"
+
     def image_urls(self) -> list[tuple[str, str]]:
         """(url, param path) of every image part, in message order."""
         found = []
@@ -108,6 +119,33 @@ class ChatCompletionRequest(_Wire):
                 ]
             plain.append({"role": message.role, "content": content})
         return plain
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """JSON bytes to a validated request, or InvalidRequestError naming what is wrong."""
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:  # bad JSON or UTF-8, and integers past Python's 4300-digit limit
+        raise InvalidRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError as exc:
+        raise InvalidRequestError("request body is nested too deeply", code="invalid_json") from exc
+    if not isinstance(payload, dict):
+        raise InvalidRequestError("request body must be a JSON object", code="invalid_json")
+    try:
+        return ChatCompletionRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise as_service_error(exc) from exc
+
+
+async def parse_chat_request_off_loop(body: bytes, *, off_loop_above: int) -> ChatCompletionRequest:
+    """``parse_chat_request``, in a worker thread for bodies over ``off_loop_above`` bytes.
+
+    Parsing and validating megabytes of JSON takes long enough to stall every
+    other request on the ingress event loop; small bodies are cheaper inline.
+    """
+    if len(body) > off_loop_above:
+        return await asyncio.to_thread(parse_chat_request, body)
+    return parse_chat_request(body)
 
 
 def completion_body(

@@ -5,20 +5,27 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
-from typing import Any, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.api.errors import as_service_error, error_response, sse_error_event, unwrap
-from serve_app.api.models import ChatCompletionRequest, chunk_body, completion_body, usage_body
-from serve_app.config import AppConfig
+from serve_app.api.errors import REPLICA_GONE, error_response, sse_error_event, unwrap, unwrap_cause
+from serve_app.api.models import (
+    ChatCompletionRequest,
+    chunk_body,
+    completion_body,
+    parse_chat_request_off_loop,
+    usage_body,
+)
+from serve_app.config import AppConfig, IngressConfig, is_loopback_host
 from serve_app.errors import (
     AuthenticationError,
     ImageError,
@@ -27,13 +34,25 @@ from serve_app.errors import (
     TooManyImagesError,
     UnknownModelError,
 )
+from serve_app.routing import affinity_key
+
+logger = logging.getLogger(__name__)
 
 app = FastAPI(title="pixtral-serve", docs_url=None, redoc_url=None)
+
+_READY_CACHE_S = 1.0  # /ready answers from one Serve status lookup per second at most
+# One thread of its own: a controller that stops answering holds this thread, not the
+# default executor that big request bodies are parsed on.
+_STATUS_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-status")
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
 
 
 @app.exception_handler(PixtralServeError)
 async def _service_error(request: Request, exc: PixtralServeError) -> JSONResponse:
-    return error_response(exc)
+    return error_response(exc, _request_id(request))
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -45,22 +64,89 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 @app.exception_handler(Exception)
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(exc)
+    return error_response(exc, _request_id(request))
+
+
+def serve_http_host() -> str:
+    """The host Ray Serve's HTTP proxies listen on (``http_options.host``).
+
+    Ray Serve 2.60 has no public API for it; the controller client's
+    ``http_config`` is where ``serve run``/``serve deploy`` put it.
+    tests/e2e/test_security.py fails loudly if that internal moves.
+    """
+    from ray.serve.context import _get_global_client
+
+    return str(_get_global_client().http_config.host)
+
+
+def keys_required(settings: IngressConfig, keys: frozenset[str], listener_host: str) -> bool:
+    """Whether requests must carry a bearer key; raises RuntimeError for a replica that would
+    otherwise serve without keys where others can reach it."""
+    if settings.auth == "disabled":
+        logger.warning("ingress.auth is disabled: the API accepts requests without a key on %s", listener_host)
+        return False
+    if keys:
+        return True
+    if settings.auth == "required":
+        raise RuntimeError(
+            f"ingress.auth is 'required' but no API key is configured: set {settings.api_keys_env} "
+            "(comma-separated) or ingress.api_keys"
+        )
+    if is_loopback_host(listener_host):
+        return False
+    raise RuntimeError(
+        f"refusing to serve without API keys on {listener_host!r}, which is not a loopback address: "
+        f"set {settings.api_keys_env} (comma-separated) or ingress.api_keys, listen on 127.0.0.1, "
+        "or say ingress.auth: disabled to run open on purpose"
+    )
+
+
+async def readiness(
+    app_name: str, timeout_s: float, status: Callable[[], Any] = serve.status
+) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of /ready: 200 once the engine and the pool each have a RUNNING
+    replica in Serve's status (the controller health-checks every engine replica), 503 saying
+    what is missing, or 503 when Serve's status does not answer within ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            current = await loop.run_in_executor(_STATUS_THREAD, status)
+    except TimeoutError:
+        return 503, {"status": "not_ready", "reason": f"Serve's status did not answer within {timeout_s} s"}
+    application = current.applications.get(app_name)
+    for name in ("PixtralServer", "ImagePool"):
+        deployment = application.deployments.get(name) if application else None
+        running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
+        if running < 1:
+            return 503, {"status": "not_ready", "reason": f"no running {name} replica"}
+    return 200, {"status": "ready"}
+
+
+def _replica_header(first: Any) -> dict[str, str]:
+    """``X-Pixtral-Replica``: the LLM replica that answered (opaque Serve replica id)."""
+    return {"X-Pixtral-Replica": first.replica} if first.replica else {}
 
 
 @serve.deployment(name="OpenAIIngress")
 @serve.ingress(app)
 class OpenAIIngress:
-    def __init__(self, config: AppConfig, image_pool: DeploymentHandle, llm: DeploymentHandle):
+    async def __init__(self, config: AppConfig, image_pool: DeploymentHandle, llm: DeploymentHandle):
         self._config = config
         self._pool = image_pool
         self._llm = llm
         self._llm_stream = llm.options(stream=True)  # one handle, not one per request
+        self._routing = config.llm.routing
         self._api_keys = config.ingress.resolved_api_keys()
+        listener = await asyncio.to_thread(serve_http_host)
+        self._keys_required = keys_required(config.ingress, self._api_keys, listener)
+        self._app_name = serve.get_replica_context().app_name
+        self._ready_lock = asyncio.Lock()
+        self._ready_at = 0.0
+        self._ready: tuple[int, dict[str, Any]] = (503, {"status": "not_ready"})
         self._created = int(time.time())
 
     def _authenticate(self, request: Request) -> None:
-        if not self._api_keys:
+        if not self._keys_required:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
@@ -71,8 +157,20 @@ class OpenAIIngress:
 
     @app.get("/health")
     async def health(self) -> JSONResponse:
-        await self._llm.check_health.remote()
+        """Liveness of this ingress replica only: no engine call, nothing queued anywhere."""
         return JSONResponse({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready(self) -> JSONResponse:
+        """Ready when the engine and the image pool each have a running replica, as Serve's
+        controller sees them (it health-checks every engine replica itself). Asks the controller,
+        never the replicas, so it does not wait behind generations; bounded by ready_timeout_s."""
+        async with self._ready_lock:
+            if time.monotonic() - self._ready_at > _READY_CACHE_S:
+                self._ready = await readiness(self._app_name, self._config.ingress.ready_timeout_s)
+                self._ready_at = time.monotonic()
+        status, body = self._ready
+        return JSONResponse(body, status_code=status)
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
@@ -94,27 +192,33 @@ class OpenAIIngress:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        request.state.request_id = request_id
         self._authenticate(request)
         chat = await self._parse(request)
         images = await self._prepare_images(chat)
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
         sampling = {
-            "max_tokens": chat.max_completion_tokens or chat.max_tokens,
+            "max_tokens": chat.requested_max_tokens()[0],
             "temperature": chat.temperature,
             "top_p": chat.top_p,
             "stop": chat.stop,
             "seed": chat.seed,
             "ignore_eos": chat.ignore_eos,
         }
-        stream = self._llm_stream.generate.remote(
-            chat.plain_messages(), images, sampling, request_id
-        )
+        messages = chat.plain_messages()
+        llm = self._llm_stream
+        if self._routing.policy == "affinity":
+            # Serve's stickiness slot carries the key to CacheAffinityRouter (serve_app/routing).
+            image_ids = [image.content_id for image in images]
+            key = affinity_key(messages, image_ids, prefix_chars=self._routing.prefix_chars)
+            llm = llm.options(session_id=key)
+        stream = llm.generate.remote(messages, images, sampling, request_id)
         # The first chunk comes before any byte is sent, so prompt and engine errors
         # still get their own status code.
         try:
             first = await stream.__anext__()
         except StopAsyncIteration:
-            raise PixtralServeError("the engine returned no output")
+            raise PixtralServeError(f"the engine returned no output (request id {request_id})")
         except Exception as exc:
             raise unwrap(exc) from exc
         if chat.stream:
@@ -122,7 +226,7 @@ class OpenAIIngress:
             return StreamingResponse(
                 self._sse(request_id, first, stream, include_usage),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_replica_header(first)},
             )
         texts, token_ids = [first.text], list(first.token_ids)
         last = first
@@ -142,7 +246,7 @@ class OpenAIIngress:
         if chat.return_token_ids:
             body["prompt_token_ids"] = first.prompt_token_ids
             body["choices"][0]["token_ids"] = token_ids
-        return JSONResponse(body)
+        return JSONResponse(body, headers=_replica_header(first))
 
     async def _parse(self, request: Request) -> ChatCompletionRequest:
         limit = self._config.ingress.max_request_bytes
@@ -154,19 +258,20 @@ class OpenAIIngress:
             body += piece
             if len(body) > limit:
                 raise InvalidRequestError(f"request body exceeds {limit} bytes", code="request_too_large")
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
-        if not isinstance(payload, dict):
-            raise InvalidRequestError("request body must be a JSON object", code="invalid_json")
-        try:
-            chat = ChatCompletionRequest.model_validate(payload)
-        except ValidationError as exc:
-            raise as_service_error(exc) from exc
+        chat = await parse_chat_request_off_loop(
+            bytes(body), off_loop_above=self._config.ingress.parse_off_loop_bytes
+        )
         if chat.model != self._config.served_model_name:
             raise UnknownModelError(
                 f"model {chat.model!r} is not served here; use {self._config.served_model_name!r}", param="model"
+            )
+        requested, field = chat.requested_max_tokens()
+        cap = self._config.max_tokens_limit
+        if requested is not None and requested > cap:
+            raise InvalidRequestError(
+                f"{field}={requested} is more than this server allows per request ({cap})",
+                param=field,
+                code="max_tokens_too_large",
             )
         return chat
 
@@ -176,14 +281,32 @@ class OpenAIIngress:
         if len(urls) > limit:
             raise TooManyImagesError(f"{len(urls)} images given; this model takes at most {limit} per request")
         calls = [self._pool.prepare.remote(url) for url, _ in urls]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        for index, (result, (_, param)) in enumerate(zip(results, urls)):
-            if isinstance(result, BaseException):
-                error = unwrap(result)
+
+        async def one(index: int, call: Any, url: str, param: str) -> Any:
+            try:
+                try:
+                    return await call
+                except Exception as exc:
+                    if type(unwrap_cause(exc)).__name__ not in REPLICA_GONE:
+                        raise
+                # The pool replica died on it (scale-down, crash): once more, on another.
+                retry = self._pool.prepare.remote(url)
+                calls.append(retry)
+                return await retry
+            except Exception as exc:
+                error = unwrap(exc)
                 if isinstance(error, ImageError):
-                    raise type(error)(f"image {index}: {error.message}", param=param, code=error.code)
-                raise error
-        return list(results)
+                    raise type(error)(f"image {index}: {error.message}", param=param, code=error.code) from None
+                raise error from None
+
+        try:
+            images = [one(index, call, url, param) for index, (call, (url, param)) in enumerate(zip(calls, urls))]
+            return list(await asyncio.gather(*images))
+        except BaseException:
+            # The request has failed: the other images' fetches stop too (the pool cancels them).
+            for call in calls:
+                call.cancel()
+            raise
 
     async def _sse(
         self, request_id: str, first: Any, stream: Any, include_usage: bool
@@ -218,7 +341,7 @@ class OpenAIIngress:
                 except StopAsyncIteration:
                     break
         except Exception as exc:
-            yield sse_error_event(exc)
+            yield sse_error_event(exc, request_id)
             yield "data: [DONE]\n\n"
             return
         if include_usage:

@@ -17,6 +17,13 @@ from typing import Any, Sequence
 import mistral_common
 import numpy as np
 
+from mistral_common.exceptions import (
+    InvalidAssistantMessageException,
+    InvalidMessageStructureException,
+    InvalidRequestException,
+    InvalidSystemPromptException,
+    InvalidUserMessageException,
+)
 from mistral_common.protocol.instruct.chunk import ImageChunk, TextChunk
 from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
@@ -29,6 +36,15 @@ from serve_app.images.grid import ImageGrid
 from serve_app.images.prepared import PreparedImage
 
 PACKAGED_PREFIX = "mistral_common:"
+# mistral_common's request validator raises these for conversations a client got wrong (order of
+# roles, empty system prompt, ...); their messages are written for the client.
+_CONVERSATION_ERRORS = (
+    InvalidAssistantMessageException,
+    InvalidMessageStructureException,
+    InvalidRequestException,
+    InvalidSystemPromptException,
+    InvalidUserMessageException,
+)
 MISTRAL_COMMON_DATA = Path(mistral_common.__file__).parent / "data"
 
 
@@ -139,9 +155,7 @@ class PixtralPromptBuilder:
             raise TooManyImagesError(f"{len(pending)} image(s) were given without an image_url part")
         try:
             encoded = self._tokenizer.encode_chat_completion(ChatCompletionRequest(messages=converted))
-        except InvalidRequestError:
-            raise
-        except Exception as exc:  # mistral_common validates message order and content
+        except _CONVERSATION_ERRORS as exc:
             raise InvalidRequestError(f"messages cannot be encoded for Pixtral: {exc}", param="messages") from exc
         return ChatPrompt(
             token_ids=list(encoded.tokens),
@@ -174,6 +188,6 @@ def _user_chunks(content: str | list[dict[str, Any]], pending: list[PreparedImag
             prepared = pending.pop(0)
             image = Image.fromarray(prepared.pixels)
             image.info["pixels"] = prepared.pixels
-            image.info["content_id"] = f"{prepared.sha256}-{prepared.width}x{prepared.height}"
+            image.info["content_id"] = prepared.content_id
             chunks.append(ImageChunk(image=image))
     return chunks

@@ -31,15 +31,22 @@ class GenerationChunk:
     finish_reason: str | None = None
     prompt_token_ids: list[int] | None = None  # on the first chunk only
     cached_tokens: int | None = None  # prompt tokens the engine's prefix cache answered, when known
+    replica: str | None = None  # the LLM replica that answered (set on the first chunk by PixtralServer)
 
 
 class Engine(Protocol):
-    async def start(self) -> None: ...
+    async def start(self, timeout_s: float) -> None:
+        """Ready to generate within ``timeout_s`` seconds, or raise ``EngineError``."""
+        ...
 
     def generate(
         self, prompt: ChatPrompt, sampling: SamplingSettings, request_id: str
     ) -> AsyncIterator[GenerationChunk]: ...
 
     async def check_health(self) -> None: ...
+
+    def unfinished_requests(self) -> int:
+        """Requests the engine holds (waiting or running)."""
+        ...
 
     def shutdown(self) -> None: ...

@@ -32,6 +32,8 @@ class DefaultSystemPrompt:
             path = Path(config.engine.model) / path if Path(config.engine.model).is_dir() else _from_hub(
                 config.engine.model, settings.file
             )
+        if not path.is_file():
+            raise FileNotFoundError(f"system_prompt.file {settings.file!r} was not found (looked at {path})")
         name = settings.model_name or config.engine.model.rstrip("/").split("/")[-1]
         return cls(path.read_text(encoding="utf-8"), name=name, timezone=settings.timezone)
 

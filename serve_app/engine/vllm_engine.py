@@ -16,14 +16,22 @@ where it is bridged here:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from typing import Any, AsyncIterator
+import threading
+from typing import Any, AsyncIterator, Callable
 
 from serve_app.config import EngineConfig
 from serve_app.engine.prompt import ChatPrompt
 from serve_app.engine.protocol import GenerationChunk, SamplingSettings
-from serve_app.errors import EngineError, EngineOverloadedError, InvalidRequestError, PixtralServeError
+from serve_app.errors import (
+    EngineError,
+    EngineOverloadedError,
+    InvalidRequestError,
+    PixtralServeError,
+    ServerOverloadedError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +90,28 @@ class VLLMEngine:
         self._backend = distributed_executor_backend
         self._engine: Any = None
 
-    async def start(self) -> None:
+    async def start(self, timeout_s: float) -> None:
+        """Build the engine within ``timeout_s`` seconds, or raise EngineError.
+
+        Construction blocks (config and weights loading, worker start-up, NCCL
+        init) and never yields to the event loop, so it runs in a thread of its
+        own and the deadline is kept here. A build that is still hanging at the
+        deadline is abandoned in its daemon thread; the replica fails and Ray
+        Serve replaces its process.
+        """
+        # The placement group is known only on the replica's own thread.
+        placement_group = None
+        if self._backend == "ray":
+            import ray.util
+
+            placement_group = ray.util.get_current_placement_group()
+        try:
+            self._engine = await asyncio.wait_for(_in_daemon_thread(lambda: self._build(placement_group)), timeout_s)
+        except TimeoutError:
+            logger.error("the engine did not start within %s s", timeout_s)
+            raise EngineError(f"the engine did not start within {timeout_s} s") from None
+
+    def _build(self, placement_group: Any) -> Any:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -90,12 +119,10 @@ class VLLMEngine:
             logger.warning("vLLM %s is outside the tested range %s", vllm_version(), TESTED_VLLM)
         args = AsyncEngineArgs(**engine_kwargs(self._config, distributed_executor_backend=self._backend))
         vllm_config = args.create_engine_config()
-        if self._backend == "ray":
-            import ray.util
-
+        if placement_group is not None:
             # vLLM's workers go into the replica's own placement group (its GPU bundles).
-            vllm_config.parallel_config.placement_group = ray.util.get_current_placement_group()
-        self._engine = AsyncLLM.from_vllm_config(
+            vllm_config.parallel_config.placement_group = placement_group
+        return AsyncLLM.from_vllm_config(
             vllm_config, disable_log_stats=args.disable_log_stats, stat_loggers=_stat_loggers()
         )
 
@@ -103,6 +130,9 @@ class VLLMEngine:
         if self._engine is None:
             raise EngineError("engine is not started")
         await self._engine.check_health()
+
+    def unfinished_requests(self) -> int:
+        return 0 if self._engine is None else self._engine.get_num_unfinished_requests()
 
     def shutdown(self) -> None:
         if self._engine is not None:
@@ -125,8 +155,8 @@ class VLLMEngine:
                 ignore_eos=sampling.ignore_eos,
                 output_kind=RequestOutputKind.DELTA,
             )
-        except Exception as exc:  # VLLMValidationError is a ValueError in 0.25, not in 0.32
-            raise InvalidRequestError(f"invalid sampling parameters: {exc}") from exc
+        except Exception as exc:
+            raise _classify(exc, request_id) from exc
 
         tokens_prompt: dict[str, Any] = {"prompt_token_ids": list(prompt.token_ids)}
         if prompt.images:
@@ -159,7 +189,7 @@ class VLLMEngine:
         except PixtralServeError:
             raise
         except Exception as exc:
-            raise _classify(exc) from exc
+            raise _classify(exc, request_id) from exc
 
 
 def _stat_loggers() -> list[Any] | None:
@@ -175,18 +205,52 @@ def _stat_loggers() -> list[Any] | None:
     return [RayPrometheusStatLogger]
 
 
-def _classify(exc: BaseException) -> PixtralServeError:
-    """Turn vLLM's exceptions (which differ between 0.25 and 0.32) into ours."""
+def _in_daemon_thread(build: Callable[[], Any]) -> asyncio.Future[Any]:
+    """``build()`` in a daemon thread (a hung build must not hold up process exit), as a future."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # the caller gave up (deadline passed)
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = build(), None
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is gone: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name="engine-start", daemon=True).start()
+    return future
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    """vLLM's own "the request is wrong" classes (VLLMValidationError is a ValueError in 0.25,
+    not in 0.32, so they are known by name across both)."""
+    return any(cls.__name__ in {"VLLMValidationError", "VLLMClientError"} for cls in type(exc).__mro__)
+
+
+def _classify(exc: BaseException, request_id: str) -> PixtralServeError:
+    """vLLM's exceptions as ours: its client-error classes are 400s; anything else is logged and
+    becomes a 500 that names the request id and carries no internal text."""
     from vllm.v1.engine.exceptions import EngineDeadError
 
     if isinstance(exc, EngineDeadError):
         return EngineOverloadedError("the engine is restarting; retry the request")
-    http_status = getattr(exc, "http_status", None)
-    if http_status == 503:
-        return EngineOverloadedError(f"engine queue is full: {exc}")
-    root = exc.__cause__ or exc
-    name = type(root).__name__
-    if name in {"VLLMValidationError", "VLLMClientError"} or isinstance(root, (ValueError, TypeError)):
-        return InvalidRequestError(f"request rejected by the engine: {root}")
-    logger.exception("engine failure", exc_info=exc)
-    return EngineError(f"engine failure: {name}")
+    if getattr(exc, "http_status", None) == 503:  # vLLM's own queue limits (max_num_queued_reqs / _tokens)
+        return ServerOverloadedError("the engine's queue is full; retry the request later")
+    for candidate in (exc, exc.__cause__):
+        if candidate is not None and _is_client_error(candidate):
+            parameter = getattr(candidate, "parameter", None)
+            message = candidate.args[0] if candidate.args and isinstance(candidate.args[0], str) else "invalid"
+            return InvalidRequestError(f"the engine refused the request: {message}", param=parameter)
+    logger.error("engine failure in request %s", request_id, exc_info=exc)
+    return EngineError(f"the engine failed this request (request id {request_id})")

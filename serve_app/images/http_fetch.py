@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 
-import httpcore
 import httpx
 
 from serve_app.config import FetchConfig
@@ -25,7 +24,7 @@ from serve_app.errors import (
     UnsupportedImageSourceError,
 )
 from serve_app.images.sources import short
-from serve_app.images.ssrf import PinnedBackend, Resolver, blocked_reason, literal_ip
+from serve_app.images.ssrf import PinnedBackend, PinnedTransport, Resolver, blocked_reason, literal_ip
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 _TRANSIENT_STATUS = {408, 429}
@@ -46,11 +45,7 @@ class HttpFetcher:
 
     def __init__(self, config: FetchConfig, *, resolver: Resolver | None = None):
         self._config = config
-        transport = httpx.AsyncHTTPTransport(trust_env=False, retries=0)
-        # httpx exposes no network_backend argument; swap in a pool that resolves and pins.
-        transport._pool = _pool_like(transport._pool, PinnedBackend(
-            block_private=config.block_private_addresses, resolver=resolver
-        ))
+        transport = PinnedTransport(PinnedBackend(block_private=config.block_private_addresses, resolver=resolver))
         self._client = httpx.AsyncClient(
             transport=transport,
             follow_redirects=False,
@@ -160,17 +155,3 @@ class HttpFetcher:
                 raise ImageTooLargeError(f"image exceeds {cap} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
-
-
-def _pool_like(pool: httpcore.AsyncConnectionPool, backend: httpcore.AsyncNetworkBackend) -> httpcore.AsyncConnectionPool:
-    return httpcore.AsyncConnectionPool(
-        ssl_context=pool._ssl_context,
-        max_connections=pool._max_connections,
-        max_keepalive_connections=pool._max_keepalive_connections,
-        keepalive_expiry=pool._keepalive_expiry,
-        http1=pool._http1,
-        http2=pool._http2,
-        retries=0,
-        network_backend=backend,
-    )
-

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from serve_app.config import DecodeConfig, FetchConfig
-from serve_app.errors import ImageDecodeError, ImageError
+from serve_app.errors import ImageError
 from serve_app.images.decode import decode_and_resize
 from serve_app.images.grid import ImageGrid
 from serve_app.images.http_fetch import HttpFetcher
@@ -36,11 +36,13 @@ class _SingleFlight:
     """At most one running task per key; later callers await the same task.
 
     The work runs as its own task so that one caller being cancelled does
-    not cancel it for the others.
+    not cancel it for the others; when the last caller is gone (its request
+    failed on another image, or the client left) the work is cancelled too.
     """
 
     def __init__(self) -> None:
         self._tasks: dict[Any, asyncio.Task[Any]] = {}
+        self._callers: dict[asyncio.Task[Any], int] = {}
 
     async def run(self, key: Any, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """(result, joined): joined is True when another caller's task did the work."""
@@ -50,7 +52,15 @@ class _SingleFlight:
             task = asyncio.get_running_loop().create_task(work())
             self._tasks[key] = task
             task.add_done_callback(lambda t, k=key: self._tasks.pop(k, None) if self._tasks.get(k) is t else None)
-        return await asyncio.shield(task), joined
+        self._callers[task] = self._callers.get(task, 0) + 1
+        try:
+            return await asyncio.shield(task), joined
+        finally:
+            self._callers[task] -= 1
+            if not self._callers[task]:
+                del self._callers[task]
+                if not task.done():
+                    task.cancel()
 
 
 class ImageLoader:
@@ -103,6 +113,7 @@ class ImageLoader:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        self._s3.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _http_fetcher(self) -> HttpFetcher:
@@ -129,12 +140,9 @@ class ImageLoader:
             self._cache_put(digest, image)
             return image
 
-        try:
-            image, joined = await self._decodes.run(digest, work)
-        except ImageError:
-            raise
-        except Exception as exc:  # the decode contract is typed errors only; keep it if Pillow surprises us
-            raise ImageDecodeError(f"image is not a decodable image ({type(exc).__name__}: {exc})") from None
+        # decode_and_resize raises typed ImageErrors for every bad image it knows; anything else
+        # is a bug or a Pillow surprise, and goes up as it is: a logged 500 at the ingress.
+        image, joined = await self._decodes.run(digest, work)
         decode_s = time.perf_counter() - t0
         return dataclasses.replace(image, cache_hit=joined, timings={"fetch_s": fetch_s, "decode_s": decode_s})
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 from dataclasses import dataclass
 
 from serve_app.config import FetchConfig
 from serve_app.errors import (
     ImageDecodeError,
-    ImageForbiddenError,
+    ImageNotFoundError,
     ImageTooLargeError,
     UnsupportedImageSourceError,
 )
+
+logger = logging.getLogger(__name__)
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),", re.IGNORECASE)
 
@@ -57,14 +60,32 @@ def decode_data_url(url: str, config: FetchConfig) -> bytes:
     return data
 
 
+def s3_policy_at_start(config: FetchConfig) -> FetchConfig:
+    """The fetch config a pool replica runs with: the S3 bucket allow-list from the environment
+    when it is set there, and a warning when every bucket is open."""
+    config = config.with_environment()
+    if "*" in config.s3_allowed_buckets:
+        logger.warning(
+            "s3_allowed_buckets is ['*']: clients may read every S3 object this replica's credentials "
+            "can read; list the buckets instead (image_pool.fetch.s3_allowed_buckets or %s)",
+            config.s3_allowed_buckets_env,
+        )
+    return config
+
+
+def s3_not_found(url: str) -> ImageNotFoundError:
+    """The one answer for a missing, unreadable or not-allowed S3 object, so none can be told apart."""
+    return ImageNotFoundError(f"image not found: {short(url)}")
+
+
 def parse_s3_url(url: str, config: FetchConfig) -> S3Location:
-    """``s3://bucket/key`` with the bucket allow-list applied."""
+    """``s3://bucket/key`` with the bucket allow-list applied (empty list: no bucket at all)."""
     rest = url[len("s3://"):]
     bucket, _, key = rest.partition("/")
     if not bucket or not key:
         raise UnsupportedImageSourceError(f"S3 URL must be s3://bucket/key: {short(url)}")
-    if config.s3_allowed_buckets and bucket not in config.s3_allowed_buckets:
-        raise ImageForbiddenError(f"S3 bucket {bucket!r} is not in the allowed buckets")
+    if not config.s3_bucket_allowed(bucket):
+        raise s3_not_found(url)
     return S3Location(bucket, key)
 
 

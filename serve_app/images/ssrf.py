@@ -5,20 +5,30 @@ is opened to the address that was checked (not re-resolved), so a DNS answer
 that changes between check and connect (rebinding) cannot slip through.
 httpcore hands TLS the URL's host name for SNI and certificate checks, so
 pinning the IP does not weaken TLS.
+
+Only public extension points are used: ``PinnedBackend`` is an httpcore
+network backend, given to a public ``httpcore.AsyncConnectionPool``, which
+``PinnedTransport`` (an httpx custom transport) puts under an ``httpx.AsyncClient``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import httpcore
+import httpx
 
-from serve_app.errors import ImageFetchTimeoutError, ImageForbiddenError
+from serve_app.errors import ImageFetchTimeoutError, ImageForbiddenError, ImageHostNotFoundError
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+"""host, port -> addresses; raises ``socket.gaierror`` as getaddrinfo does."""
+
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 _EXTRA_BLOCKED = [
     ipaddress.ip_network("100.64.0.0/10"),  # carrier-grade NAT, not is_private in every Python
@@ -95,6 +105,11 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
                 addresses = await asyncio.wait_for(self._resolver(host, port), timeout)
             except asyncio.TimeoutError:
                 raise ImageFetchTimeoutError(f"DNS lookup of {host!r} timed out") from None
+            except socket.gaierror as exc:
+                if exc.errno in _NO_SUCH_NAME:
+                    # Permanent: a mistyped host is the client's mistake, not an outage to retry.
+                    raise ImageHostNotFoundError(f"image host {host!r} does not resolve") from None
+                raise httpcore.ConnectError(f"DNS lookup of {host!r} failed: {exc}") from exc
             except OSError as exc:
                 raise httpcore.ConnectError(f"DNS lookup of {host!r} failed: {exc}") from exc
             if not addresses:
@@ -117,3 +132,100 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+# Most specific first: httpx has an exception of the same meaning for each of httpcore's.
+_HTTPX_ERRORS: list[tuple[type[Exception], type[httpx.TransportError]]] = [
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+    (httpcore.ProxyError, httpx.ProxyError),
+]
+
+
+@contextlib.contextmanager
+def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        for core, mapped in _HTTPX_ERRORS:
+            if isinstance(exc, core):
+                raise mapped(str(exc), request=request) from exc
+        raise
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, stream: AsyncIterator[bytes], request: httpx.Request):
+        self._stream = stream
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _as_httpx_errors(self._request):
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class PinnedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport whose connections go through ``PinnedBackend``.
+
+    httpx's own ``AsyncHTTPTransport`` takes no network backend, so this is
+    its request/response translation over a public ``httpcore.AsyncConnectionPool``.
+    """
+
+    def __init__(
+        self,
+        backend: httpcore.AsyncNetworkBackend,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = 100,
+    ):
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
+            max_connections=max_connections,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            http1=True,
+            http2=False,
+            retries=0,
+            network_backend=backend,
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx_errors(request):
+            response = await self._pool.handle_async_request(core_request)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_ResponseStream(response.stream, request),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()

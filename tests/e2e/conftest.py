@@ -27,7 +27,7 @@ for key, value in {
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    from serve_app.tiny_model import write_tiny_model
+    from tools.tiny_model import write_tiny_model
 
     if not (TINY_MODEL / "consolidated.safetensors").is_file():
         write_tiny_model(TINY_MODEL)
@@ -37,7 +37,7 @@ def tiny_model() -> Path:
 @pytest.fixture(scope="session")
 def tiny_large_model() -> Path:
     """A tiny Pixtral-Large-shaped checkpoint (v7m1 tokenizer) with a SYSTEM_PROMPT.txt."""
-    from serve_app.tiny_model import write_tiny_model
+    from tools.tiny_model import write_tiny_model
 
     if not (TINY_LARGE / "consolidated.safetensors").is_file():
         write_tiny_model(TINY_LARGE, "pixtral-large")
@@ -112,6 +112,7 @@ def served(tiny_model, api_key, moto_endpoint, ray_metrics_port):
                     "block_private_addresses": False,
                     "s3_endpoint_url": moto_endpoint,
                     "s3_region": "us-east-1",
+                    "s3_allowed_buckets": ["pixtral-images"],
                 }
             },
         )
@@ -179,9 +180,29 @@ def image_server():
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     routes: dict[str, tuple[str, bytes]] = {}
+    started: list[str] = []  # /slow/... responses begun
+    aborted: list[str] = []  # /slow/... responses whose client hung up
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
+            if self.path.startswith("/late404/"):  # a missing image, answered after 1 s
+                time.sleep(1.0)
+                self.send_error(404)
+                return
+            if self.path.startswith("/slow/"):  # one byte every 50 ms for up to 30 s
+                started.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(10**6))
+                self.end_headers()
+                try:
+                    for _ in range(600):
+                        self.wfile.write(b"\xff")
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                except OSError:
+                    aborted.append(self.path)
+                return
             if self.path not in routes:
                 self.send_error(404)
                 return
@@ -196,9 +217,12 @@ def image_server():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     server.routes = routes
+    server.started = started
+    server.aborted = aborted
     server.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     yield server
     server.shutdown()

@@ -58,7 +58,7 @@ def deploy_args(args: dict, *, name: str, base: str, route_prefix: str) -> str:
 
 
 def deploy(app, *, name: str, base: str, route_prefix: str) -> str:
-    """Deploy one Serve application; returns its URL once /health answers (bounded)."""
+    """Deploy one Serve application; returns its URL once /ready answers (bounded)."""
     from ray import serve
 
     started = time.monotonic()
@@ -72,7 +72,7 @@ def deploy(app, *, name: str, base: str, route_prefix: str) -> str:
     deploy.start()
     url = base.rstrip("/") + (route_prefix if route_prefix != "/" else "")
     _wait_healthy(url, started)
-    deploy.join(timeout=60)  # returns once the app is RUNNING, right after /health answers
+    deploy.join(timeout=60)  # returns once the app is RUNNING, right after /ready answers
     return url
 
 
@@ -81,12 +81,12 @@ def _wait_healthy(base: str, started: float) -> None:
 
     while True:
         try:
-            with urllib.request.urlopen(base + "/health", timeout=5) as response:
+            with urllib.request.urlopen(base + "/ready", timeout=5) as response:
                 if response.status == 200:
-                    print(f"app healthy after {time.monotonic() - started:.1f} s")
+                    print(f"app ready after {time.monotonic() - started:.1f} s")
                     return
         except Exception:
             pass
         if time.monotonic() - started > START_TIMEOUT_S:
-            raise RuntimeError(f"app not healthy within {START_TIMEOUT_S} s")
+            raise RuntimeError(f"app not ready within {START_TIMEOUT_S} s")
         time.sleep(1)

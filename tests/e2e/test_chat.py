@@ -123,11 +123,13 @@ def test_image_from_local_http_server(client, image_server):
     assert by_http.choices[0].message.content == by_data.choices[0].message.content
 
 
-def test_models_and_health(client, served):
+def test_models_health_and_ready(client, served):
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]
     with urllib.request.urlopen(served + "/health", timeout=10) as response:
         assert json.loads(response.read()) == {"status": "ok"}
+    with urllib.request.urlopen(served + "/ready", timeout=10) as response:
+        assert json.loads(response.read()) == {"status": "ready"}
 
 
 def _post(served, api_key, body: bytes | dict, key: str | None = "use-fixture") -> httpx.Response:
@@ -217,10 +219,27 @@ def test_prompt_longer_than_the_context(client):
 
 
 def test_max_tokens_past_the_context_is_refused_before_generating(client):
+    # ~5000 prompt tokens + 4000 (under the 4096 server cap) > the 8192-token context
     with pytest.raises(BadRequestError) as info:
-        complete(client, [{"role": "user", "content": "hi"}], max_tokens=9000)
+        complete(client, [{"role": "user", "content": "word " * 5000}], max_tokens=4000)
     assert info.value.body["param"] == "max_tokens"
     assert info.value.body["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"max_tokens": 4097}, "max_tokens"),
+        ({"max_tokens": 4097, "ignore_eos": True}, "max_tokens"),
+        ({"max_completion_tokens": 5000, "ignore_eos": True}, "max_completion_tokens"),
+    ],
+    ids=["max_tokens", "ignore_eos", "max_completion_tokens"],
+)
+def test_max_tokens_over_the_server_cap_is_refused(served, api_key, fields, param):
+    """max_tokens_limit (4096 by default) holds even where the context would have room."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **fields}
+    error = _assert_openai_error(_post(served, api_key, body), 400, "max_tokens_too_large")
+    assert error["param"] == param
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -262,6 +281,25 @@ def test_return_token_ids_equal_mistral_common(served, api_key, reference_tokeni
     ).tokens
     assert body["prompt_token_ids"] == expected
     assert len(body["choices"][0]["token_ids"]) == body["usage"]["completion_tokens"] == 5
+
+
+def test_a_failed_image_cancels_the_other_fetches(served, api_key, image_server):
+    """The request fails on its missing image, and its slow sibling's download stops too."""
+    import time
+
+    tag = time.monotonic_ns()
+    slow, missing = f"/slow/sibling-{tag}.jpg", f"/late404/missing-{tag}.jpg"
+    urls = [image_server.base_url + slow, image_server.base_url + missing]
+    body = {"model": MODEL, "messages": [user_message(*urls)], "max_tokens": 2}
+    started = time.monotonic()
+    error = _assert_openai_error(_post(served, api_key, body), 400, "image_not_found")
+    assert error["param"] == "messages[0].content[2].image_url.url"
+    assert time.monotonic() - started < 10
+    assert slow in image_server.started  # the sibling download was under way when the request failed
+    deadline = time.monotonic() + 10  # the fetch's own deadline (fetch.total_timeout_s) is 20 s
+    while slow not in image_server.aborted and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert slow in image_server.aborted
 
 
 def test_resent_image_hits_the_prefix_cache_and_another_image_never_does(client, reference_tokenizer):

@@ -20,6 +20,8 @@ def bucket(moto_endpoint):
         aws_secret_access_key="testing",
     )
     s3.create_bucket(Bucket="pixtral-images")
+    s3.create_bucket(Bucket="not-allowed")
+    s3.put_object(Bucket="not-allowed", Key="photos/cat.jpg", Body=jpeg_bytes(30, (480, 320)))
     return s3
 
 
@@ -39,3 +41,14 @@ def test_missing_s3_key_is_a_400_naming_the_url(client, bucket):
     assert info.value.body["code"] == "image_not_found"
     assert "s3://pixtral-images/photos/missing.jpg" in info.value.body["message"]
     assert info.value.body["param"] == "messages[0].content[1].image_url.url"
+
+
+def test_bucket_outside_the_allow_list_looks_like_a_missing_object(client, bucket):
+    """The object exists, but its bucket is not in s3_allowed_buckets: same answer as a missing key."""
+    answers = []
+    for url in ("s3://not-allowed/photos/cat.jpg", "s3://pixtral-images/photos/nothing.jpg"):
+        with pytest.raises(APIStatusError) as info:
+            complete(client, [user_message(url)])
+        answers.append((info.value.status_code, {**info.value.body, "message": info.value.body["message"].replace(url, "<url>")}))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 400 and answers[0][1]["code"] == "image_not_found"

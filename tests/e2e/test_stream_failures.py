@@ -53,10 +53,22 @@ def test_stream_ends_with_one_error_event(failing_app, api_key):
     errors = [b for b in bodies if "error" in b]
     assert len(errors) == 1
     assert errors[0]["error"]["type"] == "server_error"
-    assert "injected" not in errors[0]["error"]["message"]  # no internals leak to clients
+    assert_no_internals(errors[0]["error"], bodies[0]["id"])
 
 
-def test_non_streaming_request_gets_a_500_body(failing_app, api_key):
+def test_non_streaming_request_gets_a_500_body_without_internals(failing_app, api_key):
     response = post(failing_app, api_key)
     assert response.status_code == 500
-    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "server_error"
+    assert_no_internals(error)
+
+
+def assert_no_internals(error: dict, request_id: str | None = None) -> None:
+    """The client learns that the server failed and which request, never how."""
+    for internal in ("injected", "crashed", "RuntimeError", "Traceback", "fake_engine", ".py"):
+        assert internal not in error["message"]
+    assert "request id chatcmpl-" in error["message"]
+    if request_id is not None:
+        assert request_id in error["message"]

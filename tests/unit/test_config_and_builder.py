@@ -9,11 +9,12 @@ import yaml
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.app import build_app, llm_options
-from serve_app.config import AppConfig, LLMDeploymentConfig
+from serve_app.app import build_app, build_pipeline, llm_options
+from serve_app.config import AppConfig, LLMDeploymentConfig, is_loopback_host
+from serve_app.deployments.ingress import keys_required
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG_FILES = ["config.yaml", "config.cpu.yaml"]
+CONFIG_FILES = ["config.yaml", "config.pixtral-large.yaml", "config.cpu.yaml"]
 
 
 def app_args(name: str) -> dict:
@@ -75,8 +76,54 @@ def test_cpu_llm_options_have_no_gpus():
     assert options["ray_actor_options"]["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
 
 
-def test_build_app_accepts_the_gpu_config_without_touching_a_gpu():
-    assert build_app(app_args("config.yaml")) is not None
+def test_building_the_gpu_app_starts_no_engine():
+    """The builder runs wherever `serve run` runs (no GPU there): engines start in the replicas."""
+    built: list[AppConfig] = []
+    build_pipeline(AppConfig.model_validate(app_args("config.yaml")), built.append)
+    assert built == []
+
+
+def test_build_app_validates_its_args():
+    args = app_args("config.yaml")
+    args["ingress"]["max_request_byte"] = 1
+    with pytest.raises(ValidationError, match="ingress.max_request_byte"):
+        build_app(args)
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_shipped_configs_never_serve_open_on_a_reachable_listener(name, monkeypatch):
+    """config.cpu.yaml (127.0.0.1) runs key-less; the 0.0.0.0 configs refuse to start without keys."""
+    monkeypatch.delenv("PIXTRAL_SERVE_API_KEYS", raising=False)
+    host = yaml.safe_load((REPO / name).read_text())["http_options"]["host"]
+    ingress = AppConfig.model_validate(app_args(name)).ingress
+    if is_loopback_host(host):
+        assert keys_required(ingress, ingress.resolved_api_keys(), host) is False
+    else:
+        assert ingress.auth == "required"
+        with pytest.raises(RuntimeError, match="no API key"):
+            keys_required(ingress, ingress.resolved_api_keys(), host)
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_shipped_configs_read_no_s3_bucket_unless_told(name):
+    fetch = AppConfig.model_validate(app_args(name)).image_pool.fetch
+    assert fetch.s3_allowed_buckets == []
+    assert fetch.s3_allowed_buckets_env == "PIXTRAL_SERVE_S3_ALLOWED_BUCKETS"
+
+
+def test_default_max_tokens_must_fit_the_server_cap():
+    args = app_args("config.cpu.yaml")
+    with pytest.raises(ValidationError, match="max_tokens_limit"):
+        AppConfig.model_validate({**args, "default_max_tokens": 5000, "max_tokens_limit": 4096})
+    assert AppConfig.model_validate(args).max_tokens_limit == 4096
+
+
+def test_large_config_serves_pixtral_large():
+    config = AppConfig.model_validate(app_args("config.pixtral-large.yaml"))
+    assert config.served_model_name == config.engine.model == "mistralai/Pixtral-Large-Instruct-2411"
+    assert config.engine.tokenizer == "mistral_common:mistral_instruct_tokenizer_241114.model.v7m1"
+    assert (config.engine.tensor_parallel_size, config.engine.max_images_per_prompt) == (8, 10)
+    assert config.engine.max_model_len == 65536
 
 
 def test_tokenizer_found_in_the_model_folder(tmp_path):
@@ -99,3 +146,65 @@ def test_engine_extra_keys_are_checked_against_vllm():
         engine_kwargs(EngineConfig(model="m", extra={"mm_procesor_cache_gb": 0}))
     with pytest.raises(ValueError, match="max_model_len"):
         engine_kwargs(EngineConfig(model="m", extra={"max_model_len": 10}))
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_every_deployment_has_a_bounded_queue_that_answers_429(name):
+    from ray.serve.config import BackpressureConfig
+
+    ingress = build_app(app_args(name))._bound_deployment
+    _, pool, llm = ingress.init_args
+    deployments = [ingress, pool._bound_deployment, llm._bound_deployment]
+    assert [d.name for d in deployments] == ["OpenAIIngress", "ImagePool", "PixtralServer"]
+    for deployment in deployments:
+        assert deployment.max_queued_requests > 0
+        assert deployment.backpressure_config == BackpressureConfig(status_code=429, retry_after_s=1.0)
+        assert deployment._deployment_config.graceful_shutdown_timeout_s >= 60
+
+
+def test_llm_options_come_from_config():
+    args = app_args("config.cpu.yaml")
+    args["llm"].update(max_queued_requests=3, graceful_shutdown_timeout_s=42, health_check_period_s=2)
+    options = llm_options(AppConfig.model_validate(args))
+    assert options["max_queued_requests"] == 3
+    assert options["graceful_shutdown_timeout_s"] == 42
+    assert options["health_check_period_s"] == 2
+
+
+def test_llm_replicas_use_the_cache_affinity_router_by_default():
+    from serve_app.routing.request_router import CacheAffinityRouter
+
+    args = app_args("config.yaml")
+    config = AppConfig.model_validate(args)
+    router = llm_options(config)["request_router_config"]
+    assert router["request_router_class"] is CacheAffinityRouter
+    # Busy at the autoscaling target unless set.
+    assert router["request_router_kwargs"] == {"busy_at": 64}
+    args["llm"]["routing"] = {"busy_ongoing_requests": 96}
+    assert llm_options(AppConfig.model_validate(args))["request_router_config"]["request_router_kwargs"] == {
+        "busy_at": 96
+    }
+
+
+def test_pow2_routing_leaves_serve_default_router():
+    args = app_args("config.yaml")
+    args["llm"]["routing"] = {"policy": "pow2"}
+    assert "request_router_config" not in llm_options(AppConfig.model_validate(args))
+
+
+def test_unknown_routing_policy_is_an_error():
+    args = app_args("config.yaml")
+    args["llm"]["routing"] = {"policy": "round_robin"}
+    with pytest.raises(ValidationError, match="llm.routing.policy"):
+        AppConfig.model_validate(args)
+
+
+def test_the_built_app_carries_the_router_to_serve():
+    from serve_app.routing.request_router import CacheAffinityRouter
+
+    ingress = build_app(app_args("config.yaml"))._bound_deployment
+    llm = ingress.init_args[2]._bound_deployment
+    assert llm.name == "PixtralServer"
+    router = llm._deployment_config.request_router_config
+    assert router.get_request_router_class() is CacheAffinityRouter
+    assert router.request_router_kwargs == {"busy_at": 64}

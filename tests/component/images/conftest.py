@@ -26,6 +26,7 @@ class ImageServer(ThreadingHTTPServer):
         self.hits: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.stop_slow = threading.Event()
+        self.aborted: Counter[str] = Counter()  # responses the client hung up on
 
     @property
     def base(self) -> str:
@@ -120,7 +121,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     time.sleep(0.05)
             except OSError:
-                pass
+                with self.server.lock:
+                    self.server.aborted[path] += 1
             self.close_connection = True
         else:
             self._send(404, b"no route", "text/plain")

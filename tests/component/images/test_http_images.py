@@ -200,3 +200,46 @@ def test_remote_url_is_refetched_but_decode_is_cached(image_server):
     assert image_server.count("/img.jpg") == 2
     assert (first.cache_hit, second.cache_hit) == (False, True)
     np.testing.assert_array_equal(first.pixels, second.pixels)
+
+
+def test_cancelled_load_stops_its_fetch(image_server):
+    """A request that failed on another image cancels this one: the download stops, not only the wait."""
+    image_server.reset()
+    image_server.aborted.clear()
+
+    async def main():
+        loader = ImageLoader(FetchConfig(**{**LOOPBACK, "total_timeout_s": 20.0, "max_image_bytes": 10**8}),
+                             DecodeConfig(), ImageGrid())
+        try:
+            load = asyncio.ensure_future(loader.load(image_server.base + "/slow-forever"))
+            await asyncio.sleep(0.5)
+            load.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await load
+            deadline = time.monotonic() + 3
+            while not image_server.aborted["/slow-forever"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            await loader.aclose()
+
+    run(main())
+    assert image_server.count("/slow-forever") == 1
+    assert image_server.aborted["/slow-forever"] == 1
+
+
+def test_cancelling_one_of_two_callers_keeps_the_shared_fetch(image_server):
+    image_server.reset()
+
+    async def main():
+        loader = ImageLoader(FetchConfig(**LOOPBACK), DecodeConfig(), ImageGrid())
+        try:
+            first = asyncio.ensure_future(loader.load(image_server.base + "/slow-jpg"))
+            second = asyncio.ensure_future(loader.load(image_server.base + "/slow-jpg"))
+            await asyncio.sleep(0.2)
+            first.cancel()
+            return await second
+        finally:
+            await loader.aclose()
+
+    assert run(main()).source_bytes == len(JPEG)
+    assert image_server.count("/slow-jpg") == 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import socket
+import threading
 import time
 
 import pytest
@@ -16,12 +18,12 @@ from serve_app.config import DecodeConfig, FetchConfig
 from serve_app.errors import (
     ImageDecodeError,
     ImageFetchTimeoutError,
-    ImageForbiddenError,
     ImageNotFoundError,
+    ImageSourceUnavailableError,
     ImageTooLargeError,
     UnsupportedImageSourceError,
 )
-from serve_app.images import ImageGrid, ImageLoader
+from serve_app.images import ImageGrid, ImageLoader, s3_policy_at_start
 
 
 def run(coro):
@@ -47,6 +49,10 @@ def env_creds(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
 
     def use(creds):
+        if creds is None:
+            monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+            monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+            return
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds[0])
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds[1])
 
@@ -62,7 +68,14 @@ async def load(url, fetch: FetchConfig, **kw):
 
 
 def cfg(moto, **kw) -> FetchConfig:
+    kw.setdefault("s3_allowed_buckets", [moto.bucket, "nobucket-here"])
     return FetchConfig(s3_endpoint_url=moto.endpoint, s3_region="us-east-1", total_timeout_s=10, **kw)
+
+
+def body_without_url(error, url: str) -> dict:
+    """The error body a client sees, with the URL it sent taken out."""
+    body = error.to_body()["error"]
+    return {**body, "message": body["message"].replace(url, "<url>")}
 
 
 def test_s3_object_through_default_chain_and_endpoint_override(objects, env_creds):
@@ -87,37 +100,66 @@ def test_missing_key_names_the_url(objects, env_creds):
 
 def test_missing_bucket(objects, env_creds):
     env_creds(objects.admin)
-    with pytest.raises(ImageNotFoundError, match="NoSuchBucket"):
+    with pytest.raises(ImageNotFoundError, match="s3://nobucket-here/x.jpg"):
         run(load("s3://nobucket-here/x.jpg", cfg(objects)))
 
 
-def test_unknown_access_key_is_forbidden(objects, env_creds):
-    env_creds(("AKIAUNKNOWN0000", "secret"))
-    with pytest.raises(ImageForbiddenError, match="InvalidAccessKeyId") as info:
-        run(load(f"s3://{objects.bucket}/cat.jpg", cfg(objects)))
-    assert info.value.status_code == 403
+@pytest.mark.parametrize("creds", ["unknown-key", "wrong-secret", "none"])
+def test_broken_server_credentials_are_a_logged_502_without_botocore_text(objects, env_creds, caplog, creds):
+    env_creds({"unknown-key": ("AKIAUNKNOWN0000", "secret"), "wrong-secret": (objects.admin[0], "not-the-secret"),
+               "none": None}[creds])
+    url = f"s3://{objects.bucket}/cat.jpg"
+    with caplog.at_level(logging.ERROR, logger="serve_app.images.s3_fetch"):
+        with pytest.raises(ImageSourceUnavailableError) as info:
+            run(load(url, cfg(objects)))
+    assert (info.value.status_code, info.value.code) == (502, "image_source_unavailable")
+    for internal in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "credentials", "botocore", "AKIA"):
+        assert internal not in info.value.message
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert {"unknown-key": "InvalidAccessKeyId", "wrong-secret": "SignatureDoesNotMatch",
+            "none": "NoCredentialsError"}[creds] in logged
 
 
-def test_wrong_secret_is_forbidden(objects, env_creds):
-    env_creds((objects.admin[0], "not-the-secret"))
-    with pytest.raises(ImageForbiddenError, match="SignatureDoesNotMatch"):
-        run(load(f"s3://{objects.bucket}/cat.jpg", cfg(objects)))
-
-
-def test_iam_policy_denies_key_outside_prefix(objects, env_creds):
+def test_denied_missing_and_not_allowed_objects_look_the_same(objects, env_creds):
+    """An API key holder cannot tell which objects exist from the answers."""
     env_creds(objects.reader)
     ok = run(load(f"s3://{objects.bucket}/{READABLE_PREFIX}cat.jpg", cfg(objects)))
     assert ok.pixels.shape == (240, 320, 3)
-    with pytest.raises(ImageForbiddenError, match="AccessDenied"):
-        run(load(f"s3://{objects.bucket}/cat.jpg", cfg(objects)))
+    bodies = []
+    for url, config in [
+        (f"s3://{objects.bucket}/cat.jpg", cfg(objects)),  # exists, IAM denies it
+        (f"s3://{objects.bucket}/{READABLE_PREFIX}missing.jpg", cfg(objects)),  # readable prefix, missing
+        (f"s3://{objects.bucket}/cat.jpg", cfg(objects, s3_allowed_buckets=["other"])),  # bucket not allowed
+    ]:
+        with pytest.raises(ImageNotFoundError) as info:
+            run(load(url, config))
+        assert info.value.status_code == 400
+        bodies.append(body_without_url(info.value, url))
+    assert bodies[0] == bodies[1] == bodies[2]
 
 
-def test_bucket_allow_list(objects, env_creds):
+def test_s3_is_closed_by_default_and_star_opens_it(objects, env_creds):
     env_creds(objects.admin)
-    with pytest.raises(ImageForbiddenError, match="not in the allowed buckets"):
-        run(load(f"s3://{objects.bucket}/cat.jpg", cfg(objects, s3_allowed_buckets=["other"])))
-    image = run(load(f"s3://{objects.bucket}/cat.jpg", cfg(objects, s3_allowed_buckets=[objects.bucket])))
-    assert image.source_bytes == len(JPEG)
+    url = f"s3://{objects.bucket}/cat.jpg"
+    with pytest.raises(ImageNotFoundError):
+        run(load(url, FetchConfig(s3_endpoint_url=objects.endpoint, s3_region="us-east-1")))
+    assert run(load(url, cfg(objects, s3_allowed_buckets=["*"]))).source_bytes == len(JPEG)
+    assert run(load(url, cfg(objects, s3_allowed_buckets=[objects.bucket]))).source_bytes == len(JPEG)
+
+
+def test_environment_allow_list_wins_and_star_is_logged(monkeypatch, caplog):
+    config = FetchConfig(s3_allowed_buckets=["from-config"])
+    monkeypatch.delenv("PIXTRAL_SERVE_S3_ALLOWED_BUCKETS", raising=False)
+    assert s3_policy_at_start(config).s3_allowed_buckets == ["from-config"]
+    monkeypatch.setenv("PIXTRAL_SERVE_S3_ALLOWED_BUCKETS", " a, b ,")
+    resolved = s3_policy_at_start(config)
+    assert resolved.s3_allowed_buckets == ["a", "b"]
+    assert resolved.s3_bucket_allowed("a") and not resolved.s3_bucket_allowed("from-config")
+    assert not caplog.records
+    monkeypatch.setenv("PIXTRAL_SERVE_S3_ALLOWED_BUCKETS", "*")
+    with caplog.at_level(logging.WARNING, logger="serve_app.images.sources"):
+        assert s3_policy_at_start(config).s3_bucket_allowed("anything")
+    assert any("every S3 object" in record.getMessage() for record in caplog.records)
 
 
 def test_byte_cap_from_content_length(objects, env_creds):
@@ -142,9 +184,65 @@ def test_unreachable_endpoint_times_out(env_creds):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    fetch = FetchConfig(s3_endpoint_url=f"http://127.0.0.1:{port}", s3_region="us-east-1",
+    fetch = FetchConfig(s3_endpoint_url=f"http://127.0.0.1:{port}", s3_region="us-east-1", s3_allowed_buckets=["*"],
                         connect_timeout_s=0.5, total_timeout_s=3, retries=0)
     start = time.monotonic()
     with pytest.raises(ImageFetchTimeoutError):
         run(load("s3://bucket/key.jpg", fetch))
     assert time.monotonic() - start < 5
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A TCP endpoint that accepts connections and never answers: a stuck S3."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_stuck_s3_reads_do_not_starve_the_default_executor(silent_endpoint, env_creds):
+    """S3 reads run on their own bounded pool; DNS (the loop's default executor) stays free."""
+    env_creds(("AKIAX", "y"))
+    fetch = FetchConfig(s3_endpoint_url=silent_endpoint, s3_region="us-east-1", s3_allowed_buckets=["*"],
+                        s3_read_threads=2, connect_timeout_s=1, total_timeout_s=30, retries=0)
+
+    async def scenario() -> tuple[float, int]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=2))
+        loader = ImageLoader(fetch, DecodeConfig(), ImageGrid())
+        reads = [asyncio.ensure_future(loader.load(f"s3://b/{i}.jpg")) for i in range(6)]
+        await asyncio.sleep(0.5)  # every read is in flight or queued behind the 2 S3 threads
+        s3_threads = sum(t.name.startswith("s3-read") for t in threading.enumerate())
+        started = time.monotonic()
+        await loop.getaddrinfo("localhost", 80)  # what an https fetch's DNS lookup needs
+        waited = time.monotonic() - started
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
+        await loader.aclose()
+        return waited, s3_threads
+
+    waited, s3_threads = run(scenario())
+    assert waited < 2.0
+    assert s3_threads == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import httpcore
 import pytest
@@ -10,7 +11,7 @@ import pytest
 import serve_app.images.http_fetch as http_fetch
 import serve_app.images.ssrf as ssrf
 from serve_app.config import DecodeConfig, FetchConfig
-from serve_app.errors import ImageForbiddenError
+from serve_app.errors import ImageFetchTimeoutError, ImageForbiddenError, ImageHostNotFoundError
 from serve_app.images import ImageGrid, ImageLoader
 
 GUARDED = dict(allow_http=True, block_private_addresses=True, total_timeout_s=5.0, retries=0)
@@ -51,7 +52,7 @@ def fake_dns(table: dict[str, list[str]], calls: list[str] | None = None):
         if calls is not None:
             calls.append(host)
         if host not in table:
-            raise OSError(f"no such host {host}")
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return table[host]
 
     return resolve
@@ -148,3 +149,87 @@ def test_redirect_to_name_resolving_private_refused(image_server, connects, exem
 )
 def test_address_classification(ip, blocked):
     assert (ssrf.blocked_reason(ip) is not None) is blocked
+
+
+def test_host_that_does_not_resolve_is_a_400_without_retries(connects):
+    calls: list[str] = []
+    with pytest.raises(ImageHostNotFoundError, match="'typo.test' does not resolve") as info:
+        run(load("http://typo.test/img.jpg", resolver=fake_dns({}, calls), retries=3))
+    assert (info.value.status_code, info.value.code) == (400, "image_host_not_found")
+    assert calls == ["typo.test"]  # asked once: a missing name is not an outage to retry
+    assert connects == []
+
+
+def test_reserved_invalid_tld_through_the_system_resolver():
+    """RFC 6761: .invalid never resolves, with or without a network."""
+    with pytest.raises(ImageHostNotFoundError):
+        run(load("https://no-such-host.invalid/img.jpg"))
+
+
+def test_temporary_dns_failure_is_retried_then_a_timeout_class_error(connects):
+    calls: list[str] = []
+
+    async def flaky(host: str, port: int) -> list[str]:
+        calls.append(host)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    with pytest.raises(ImageFetchTimeoutError):
+        run(load("http://flaky.test/img.jpg", resolver=flaky, retries=2, retry_backoff_s=0.01))
+    assert calls == ["flaky.test"] * 3
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """An https image host on 127.0.0.1 with a certificate for img.test from a throwaway CA."""
+    import ssl
+    import subprocess
+    import threading
+
+    from conftest import ImageServer
+
+    d = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+            "-subj", "/CN=pixtral-serve test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=img.test")
+    (d / "san.ext").write_text("subjectAltName=DNS:img.test\n")
+    openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "leaf.pem", "-days", "1", "-extfile", "san.ext")
+
+    server = ImageServer()  # the plain image host's routes, behind TLS
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(d / "leaf.pem", d / "leaf.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.ca = str(d / "ca.pem")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_is_pinned_and_still_verifies_the_certificate_for_the_name(tls_server, connects):
+    """The TCP connection goes to the checked IP; TLS (SNI, hostname check) still uses the URL's name."""
+    import ssl
+
+    import httpx
+    from payloads import JPEG
+
+    port = tls_server.server_address[1]
+    dns = fake_dns({"img.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+
+    async def get(host: str) -> httpx.Response:
+        backend = ssrf.PinnedBackend(block_private=False, resolver=dns)
+        transport = ssrf.PinnedTransport(backend, ssl_context=ssl.create_default_context(cafile=tls_server.ca))
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await client.get(f"https://{host}:{port}/img.jpg")
+
+    response = run(get("img.test"))
+    assert (response.status_code, response.content) == (200, JPEG)
+    assert connects == ["127.0.0.1"]
+    with pytest.raises(httpx.ConnectError, match="certificate"):
+        run(get("other.test"))  # same IP, but the certificate is not for this name

@@ -93,11 +93,49 @@ def test_matches_mistral_common(fmt, w, h):
         np.testing.assert_allclose(ours.astype(np.float32), np.clip(ref, 0, 255), rtol=0, atol=EXACT_ATOL)
 
 
-def test_draft_is_used_and_never_below_target():
-    """The draft path really runs for a 12 MP photo, and its decode is at least the target size."""
-    data = jpeg(4032, 3024)
-    image = Image.open(io.BytesIO(data))
-    image.draft("RGB", GRID.target_size(4032, 3024))
-    assert image.size == (2016, 1512)
-    assert uses_draft(4032, 3024)
+@pytest.fixture
+def drafts(monkeypatch):
+    """Every DCT draft our decoder asks Pillow for: (requested size, size decoded at)."""
+    from PIL import JpegImagePlugin
 
+    calls: list[tuple[tuple[int, int], tuple[int, int]]] = []
+    real = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        result = real(self, mode, size)
+        calls.append((tuple(size), self.size))
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    return calls
+
+
+def test_our_decoder_drafts_a_12mp_photo_but_never_below_the_target(drafts):
+    pixels, _, _ = decode_and_resize(jpeg(4032, 3024), GRID, 50_000_000)
+    target = GRID.target_size(4032, 3024)
+    assert len(drafts) == 1
+    _, decoded_at = drafts[0]
+    assert decoded_at[0] < 4032 and decoded_at[1] < 3024  # the decode really was cheaper
+    assert decoded_at[0] >= target[0] and decoded_at[1] >= target[1]  # the resize only shrinks
+    assert pixels.shape[:2] == (target[1], target[0])
+
+
+def test_our_decoder_drafts_rotated_photos_in_stored_orientation(drafts):
+    """EXIF orientation 6: the draft size is asked in stored (landscape) orientation."""
+    from synthetic import photo_like
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(photo_like(4032, 3024)).save(buffer, "JPEG", quality=90, exif=exif)
+    pixels, width, height = decode_and_resize(buffer.getvalue(), GRID, 50_000_000)
+    assert (width, height) == (3024, 4032)
+    target = GRID.target_size(3024, 4032)
+    _, decoded_at = drafts[0]
+    assert decoded_at[0] >= target[1] and decoded_at[1] >= target[0]
+    assert pixels.shape[:2] == (target[1], target[0])
+
+
+def test_no_draft_when_the_photo_is_already_near_the_target(drafts):
+    decode_and_resize(jpeg(1024, 768), GRID, 50_000_000)
+    assert drafts == []

@@ -1,6 +1,6 @@
 """Write a tiny random-weight Pixtral checkpoint in Mistral's native format.
 
-    python -m serve_app.tiny_model DIR [--shape pixtral-12b|pixtral-large] [--seed 0]
+    python -m tools.tiny_model DIR [--shape pixtral-12b|pixtral-large] [--seed 0]
 
 The checkpoint has the real Pixtral architecture (vision encoder + adapter +
 Mistral decoder) and the real tokenizer copied from mistral_common's package

@@ -1,0 +1,175 @@
+"""Secure defaults in the real app: who may call it, what /health and /ready touch, and how
+Ray's own exception classes come out of a real DeploymentHandle.
+
+Stand-in engines (tests/e2e/fake_engine.py) only where the engine is not what is tested: an
+engine still loading, and apps that must fail to start. Everything else is the real app in the
+session's Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import pytest
+
+from serve_support import cpu_app_args, deploy
+
+from serve_app.errors import ImageNotFoundError
+
+
+def start_in_background(app, name: str, route_prefix: str) -> None:
+    from ray import serve
+
+    threading.Thread(
+        target=serve.run, args=(app,), kwargs={"name": name, "route_prefix": route_prefix}, daemon=True
+    ).start()
+
+
+def stand_in_app(engine_name: str, served_model_name: str, **overrides):
+    import fake_engine
+    import ray.cloudpickle
+
+    from serve_app.app import build_pipeline
+    from serve_app.config import AppConfig
+
+    ray.cloudpickle.register_pickle_by_value(fake_engine)
+    overrides["llm"] = {"num_cpus": 0.1, **overrides.get("llm", {})}
+    args = cpu_app_args(served_model_name=served_model_name, **overrides)
+    return build_pipeline(AppConfig.model_validate(args), getattr(fake_engine, engine_name))
+
+
+def test_the_listener_host_is_read_from_serve(served):
+    """serve_http_host() uses a Ray Serve internal (no public API in 2.60): fail loudly if it moves."""
+    from serve_app.deployments.ingress import serve_http_host
+
+    assert serve_http_host() == "127.0.0.1"
+
+
+def test_keyless_app_on_loopback_is_open_like_make_run(served, monkeypatch):
+    monkeypatch.delenv("PIXTRAL_SERVE_API_KEYS", raising=False)
+    url = deploy(stand_in_app("FakeFailingEngine", "open"), name="open", base=served, route_prefix="/open")
+    try:
+        response = httpx.get(url + "/v1/models", timeout=30)
+        assert response.status_code == 200
+        assert response.json()["data"][0]["id"] == "open"
+    finally:
+        from ray import serve
+
+        serve.delete("open")
+
+
+def test_app_requiring_keys_without_any_refuses_to_start(served, monkeypatch):
+    from ray import serve
+
+    monkeypatch.delenv("PIXTRAL_SERVE_API_KEYS", raising=False)
+    start_in_background(stand_in_app("FakeFailingEngine", "nokeys", ingress={"auth": "required"}), "nokeys", "/nokeys")
+    deadline = time.monotonic() + 180
+    message = ""
+    try:
+        while time.monotonic() < deadline:
+            app = serve.status().applications.get("nokeys")
+            ingress = app.deployments.get("OpenAIIngress") if app else None
+            message = ingress.message if ingress else ""
+            if app is not None and app.status == "DEPLOY_FAILED":
+                break
+            time.sleep(1)
+        assert "no API key is configured" in message
+        assert httpx.get(served + "/nokeys/v1/models", timeout=10).status_code != 200
+    finally:
+        serve.delete("nokeys")
+
+
+def test_health_is_liveness_only_and_ready_waits_for_the_engine(served):
+    """While the engine is still loading, /health answers (it never calls the engine) and
+    /ready says what it waits for."""
+    from ray import serve
+
+    start_in_background(
+        stand_in_app("FakeSlowStartEngine", "loading", llm={"engine_start_timeout_s": 300}),
+        "loading",
+        "/loading",
+    )
+    base = served + "/loading"
+    try:
+        deadline = time.monotonic() + 120
+        health = None
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(base + "/health", timeout=5)
+                if health.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert health is not None and health.json() == {"status": "ok"}
+        started = time.monotonic()
+        ready = httpx.get(base + "/ready", timeout=30)
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "not_ready", "reason": "no running PixtralServer replica"}
+        assert time.monotonic() - started < 5  # ingress.ready_timeout_s, with slack
+    finally:
+        serve.delete("loading")
+
+
+@pytest.fixture(scope="module")
+def caller_loop():
+    """One event loop for the module's handle calls, kept running for the process's lifetime:
+    Serve's throughput mode binds the handle's router to the loop that first uses it."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    return loop
+
+
+@pytest.fixture(scope="module")
+def raiser(served):
+    """A deployment raising our typed error and a plain one, behind a real DeploymentHandle."""
+    from ray import serve
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.05})
+    class Raiser:
+        async def typed(self) -> None:
+            raise ImageNotFoundError("image not found: s3://b/k.jpg", param="messages[0].content[1].image_url.url")
+
+        async def plain(self) -> None:
+            raise RuntimeError("secret internal detail")
+
+    serve.run(Raiser.bind(), name="raiser", route_prefix=None)
+    yield serve.get_app_handle("raiser")
+    serve.delete("raiser")
+
+
+def call(loop, method) -> BaseException:
+    """What awaiting a handle call raises, inside an event loop as in a deployment."""
+
+    async def main() -> BaseException:
+        try:
+            await method.remote()
+        except Exception as exc:  # the point: whatever Ray raises
+            return exc
+        raise AssertionError("the call did not fail")
+
+    return asyncio.run_coroutine_threadsafe(main(), loop).result(timeout=60)
+
+
+def test_typed_errors_survive_a_real_handle_hop(raiser, caller_loop):
+    from serve_app.api.errors import as_service_error
+
+    raised = call(caller_loop, raiser.typed)
+    error = as_service_error(raised, "chatcmpl-1")
+    assert type(error) is ImageNotFoundError
+    assert (error.status_code, error.code, error.param) == (400, "image_not_found", "messages[0].content[1].image_url.url")
+
+
+def test_plain_errors_through_a_real_handle_are_500s_without_text(raiser, caller_loop, caplog):
+    from serve_app.api.errors import as_service_error
+
+    raised = call(caller_loop, raiser.plain)
+    assert isinstance(raised, RuntimeError)  # as Ray raises it (its RayTaskError subclasses it)
+    with caplog.at_level("ERROR", logger="serve_app.api.errors"):
+        error = as_service_error(raised, "chatcmpl-2")
+    assert error.status_code == 500
+    assert "secret" not in error.message and "RuntimeError" not in error.message
+    assert "chatcmpl-2" in error.message and "secret internal detail" in caplog.text

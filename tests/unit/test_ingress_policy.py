@@ -1,0 +1,148 @@
+"""Ingress rules that need no Ray: who must bring a key, and parsing big bodies off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+
+from serve_app.api.models import parse_chat_request_off_loop
+from serve_app.config import IngressConfig
+from serve_app.deployments.ingress import keys_required
+from serve_app.errors import InvalidRequestError
+
+KEYS = frozenset({"k1"})
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "::1", "[::1]", "localhost"])
+def test_default_mode_serves_without_keys_only_on_loopback(host):
+    assert keys_required(IngressConfig(), frozenset(), host) is False
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "pixtral.internal"])
+def test_default_mode_refuses_to_start_open_on_a_reachable_listener(host):
+    with pytest.raises(RuntimeError, match="refusing to serve without API keys") as info:
+        keys_required(IngressConfig(), frozenset(), host)
+    assert "PIXTRAL_SERVE_API_KEYS" in str(info.value) and "auth: disabled" in str(info.value)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_keys_are_checked_whenever_configured(host):
+    assert keys_required(IngressConfig(), KEYS, host) is True
+    assert keys_required(IngressConfig(auth="required"), KEYS, host) is True
+
+
+def test_required_mode_refuses_an_empty_key_list_even_on_loopback(monkeypatch):
+    monkeypatch.setenv("PIXTRAL_SERVE_API_KEYS", " , ")  # a Secret with an empty value
+    settings = IngressConfig(auth="required")
+    with pytest.raises(RuntimeError, match="no API key is configured"):
+        keys_required(settings, settings.resolved_api_keys(), "127.0.0.1")
+
+
+def test_disabled_mode_is_open_everywhere_and_says_so(caplog):
+    with caplog.at_level(logging.WARNING, logger="serve_app.deployments.ingress"):
+        assert keys_required(IngressConfig(auth="disabled"), KEYS, "0.0.0.0") is False
+    assert "auth is disabled" in caplog.text
+
+
+def chat_body(parts: int) -> bytes:
+    content = [{"type": "text", "text": f"part {i}"} for i in range(parts)]
+    return json.dumps({"model": "m", "messages": [{"role": "user", "content": content}]}).encode()
+
+
+def loop_turns_while_parsing(body: bytes, off_loop_above: int) -> tuple[int, int]:
+    """(event-loop turns other coroutines got while the body was parsed, parts parsed)."""
+
+    async def main() -> tuple[int, int]:
+        turns = 0
+        done = asyncio.Event()
+
+        async def other_requests() -> None:
+            nonlocal turns
+            while not done.is_set():
+                turns += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(other_requests())
+        await asyncio.sleep(0)
+        before = turns
+        chat = await parse_chat_request_off_loop(body, off_loop_above=off_loop_above)
+        during = turns - before
+        done.set()
+        await ticker
+        return during, len(chat.messages[0].content)
+
+    return asyncio.run(main())
+
+
+def test_big_bodies_are_parsed_off_the_event_loop():
+    body = chat_body(100_000)  # ~3 MiB, a few hundred ms of parsing and validation
+    during, parts = loop_turns_while_parsing(body, off_loop_above=len(body) - 1)
+    assert parts == 100_000
+    assert during > 0  # other requests kept being served meanwhile
+
+
+def test_small_bodies_are_parsed_inline():
+    body = chat_body(10)
+    during, parts = loop_turns_while_parsing(body, off_loop_above=len(body))
+    assert parts == 10
+    assert during == 0
+
+
+def test_off_loop_parse_keeps_the_typed_errors():
+    with pytest.raises(InvalidRequestError) as info:
+        asyncio.run(parse_chat_request_off_loop(b"{not json" + b" " * 100, off_loop_above=10))
+    assert info.value.code == "invalid_json"
+    with pytest.raises(InvalidRequestError) as info:
+        asyncio.run(parse_chat_request_off_loop(json.dumps({"model": "m", "messages": [], "pad": "x" * 100}).encode(),
+                                                off_loop_above=10))
+    assert info.value.status_code == 400
+
+
+def serve_status(**running: int):
+    """Ray Serve's own status objects for one app with these RUNNING replica counts."""
+    from ray.serve.schema import ApplicationStatusOverview, DeploymentStatusOverview, ServeStatus
+
+    deployments = {
+        name: DeploymentStatusOverview(status="HEALTHY", status_trigger="CONFIG_UPDATE_COMPLETED",
+                                       replica_states={"RUNNING": count} if count else {}, message="")
+        for name, count in running.items()
+    }
+    app = ApplicationStatusOverview(status="RUNNING", message="", last_deployed_time_s=0.0, deployments=deployments)
+    return ServeStatus(applications={"pixtral": app})
+
+
+def test_ready_needs_a_running_engine_and_pool_replica():
+    from serve_app.deployments.ingress import readiness
+
+    def ask(**running):
+        return asyncio.run(readiness("pixtral", 5, lambda: serve_status(**running)))
+
+    assert ask(OpenAIIngress=1, ImagePool=2, PixtralServer=1) == (200, {"status": "ready"})
+    assert ask(OpenAIIngress=1, ImagePool=2, PixtralServer=0) == (
+        503, {"status": "not_ready", "reason": "no running PixtralServer replica"})
+    assert ask(OpenAIIngress=1, PixtralServer=1)[1]["reason"] == "no running ImagePool replica"
+    assert asyncio.run(readiness("other-app", 5, lambda: serve_status(PixtralServer=1)))[0] == 503
+
+
+def test_ready_has_its_own_deadline():
+    import threading
+    import time
+
+    from serve_app.deployments.ingress import readiness
+
+    stuck = threading.Event()
+
+    async def main():
+        started = time.monotonic()
+        answer = await readiness("pixtral", 0.5, lambda: stuck.wait(30))
+        return answer, time.monotonic() - started
+
+    try:
+        (status, body), elapsed = asyncio.run(main())
+    finally:
+        stuck.set()
+    assert status == 503 and "did not answer within 0.5 s" in body["reason"]
+    assert elapsed < 2
