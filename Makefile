@@ -16,9 +16,10 @@ export RAY_USAGE_STATS_ENABLED := 0
 export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
-# Ray Serve's throughput mode and its gRPC message cap: see k8s/image/Dockerfile.
-export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
-export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
+# `make run`: Ray Serve's throughput mode and its gRPC message cap (see k8s/image/Dockerfile);
+# the e2e tests set the same for their cluster (tests/e2e/conftest.py).
+run: export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
+run: export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
 
 .PHONY: run test test-scale-out install model prometheus manifests clean
 
@@ -42,15 +43,18 @@ model: $(TINY_MODEL)/consolidated.safetensors
 run: $(STAMP) model
 	RAY_ADDRESS=local $(VENV)/bin/serve run config.cpu.yaml
 
-# tests/e2e/test_metrics_prometheus.py scrapes the e2e cluster with a real Prometheus
-# (Debian's package); without root or apt-get that test skips and says why.
+# tests/e2e/test_metrics_prometheus.py and test_dashboard_queries.py scrape the e2e cluster
+# with a real Prometheus (Debian's package; the tests start their own server, so the system
+# service the package enables is stopped again); without root or apt-get they skip and say why.
+APT_PROMETHEUS := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
 prometheus:
 	@command -v prometheus >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's prometheus package for the metrics test"; \
-	    apt-get install -y -q prometheus >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; } \
-	      || echo "prometheus could not be installed: the metrics test will skip"; \
-	  else echo "prometheus is not installed and this is not a root apt machine: the metrics test will skip"; fi; }
+	    echo "installing Debian's prometheus package for the metrics tests"; \
+	    { $(APT_PROMETHEUS) || { apt-get update -q >/dev/null && $(APT_PROMETHEUS); }; } \
+	      && { systemctl disable --now prometheus >/dev/null 2>&1 || true; } \
+	      || echo "prometheus could not be installed: the metrics tests will skip"; \
+	  else echo "prometheus is not installed and this is not a root apt machine: the metrics tests will skip"; fi; }
 
 test: $(STAMP) model prometheus
 	$(PY) -m pytest -q

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -10,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tools import pip_index
+
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("pip_index", REPO / "tools" / "pip_index.py")
-pip_index = importlib.util.module_from_spec(_spec)
-sys.modules["pip_index"] = pip_index
-_spec.loader.exec_module(pip_index)
 
 CPU_INDEX = ("--extra-index-url", pip_index.TORCH_CPU_INDEX)
 
