@@ -16,11 +16,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
-# Ray Serve's throughput mode and its gRPC message cap: see k8s/image/Dockerfile.
-export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
-export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
+# `make run`: Ray Serve's throughput mode and its gRPC message cap (see k8s/image/Dockerfile);
+# the e2e tests set the same for their cluster (tests/e2e/conftest.py).
+run: export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
+run: export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
 
-.PHONY: run test install model prometheus manifests clean
+.PHONY: run test test-scale-out install model prometheus manifests clean
 
 install: $(STAMP)
 
@@ -54,6 +55,10 @@ prometheus:
 
 test: $(STAMP) model prometheus
 	$(PY) -m pytest -q
+
+# Two tiny-model LLM replicas (cache-affinity routing); its own Ray, so its own session.
+test-scale-out: $(STAMP) model
+	$(PY) -m pytest -q -m scale_out tests/e2e
 
 manifests: $(STAMP)
 	$(PY) -m tools.manifests

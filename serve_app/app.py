@@ -9,17 +9,23 @@ from __future__ import annotations
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
 from serve_app.config import AppConfig, DeploymentConfig
 from serve_app.deployments.image_pool import ImagePool
 from serve_app.deployments.ingress import OpenAIIngress
 from serve_app.deployments.pixtral_server import EngineFactory, PixtralServer, vllm_engine_factory
 from serve_app.engine.prompt import image_grid_of
+from serve_app.routing.request_router import CacheAffinityRouter
 
 
 def _common_options(deployment: DeploymentConfig) -> dict[str, Any]:
+    """Serve's own levers: bounded queues with 429 back-pressure, autoscaling, graceful drain."""
     return {
         "max_ongoing_requests": deployment.max_ongoing_requests,
+        "max_queued_requests": deployment.max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=429, retry_after_s=deployment.retry_after_s),
+        "graceful_shutdown_timeout_s": deployment.graceful_shutdown_timeout_s,
         "autoscaling_config": deployment.autoscaling.to_serve(),
     }
 
@@ -32,10 +38,14 @@ def llm_options(config: AppConfig) -> dict[str, Any]:
     options = {
         **_common_options(llm),
         "ray_actor_options": actor,
-        "health_check_period_s": 10,
+        "health_check_period_s": llm.health_check_period_s,
         "health_check_timeout_s": 60,
-        "graceful_shutdown_timeout_s": 30,
     }
+    if llm.routing.policy == "affinity":
+        options["request_router_config"] = {
+            "request_router_class": CacheAffinityRouter,
+            "request_router_kwargs": {"busy_at": llm.busy_ongoing_requests()},
+        }
     if llm.accelerator == "gpu":
         tp = config.engine.tensor_parallel_size
         # With TP 1 the engine runs in the replica and needs its GPU; with TP > 1 vLLM's

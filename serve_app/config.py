@@ -8,6 +8,7 @@ config.yaml is an error naming the key, not a silently ignored setting.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -47,10 +48,26 @@ class AutoscalingConfig(_Strict):
 
 
 class DeploymentConfig(_Strict):
-    """Resources and scaling of one Ray Serve deployment."""
+    """Resources, scaling and bounded queues of one Ray Serve deployment."""
 
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved by each replica.")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica accepts at once.")
+    max_queued_requests: int = Field(
+        256,
+        ge=-1,
+        description="Requests each caller (the proxy, or each ingress replica) holds for this deployment "
+        "while every replica is at max_ongoing_requests; past it Ray Serve refuses the request and the "
+        "client gets 429 + Retry-After (Serve's back-pressure). -1 = unbounded.",
+    )
+    retry_after_s: float = Field(
+        1.0, ge=0, description="Retry-After (seconds) sent with the 429 of a full queue of this deployment."
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        description="On scale-down or redeploy, how long a replica keeps serving its in-flight requests "
+        "(streams included) after new requests stop going to it, before it is stopped.",
+    )
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Replica scaling.")
 
 
@@ -103,6 +120,12 @@ class IngressConfig(DeploymentConfig):
         5.0, gt=0, description="Deadline of GET /ready (Serve's view of the engine and pool replicas)."
     )
     max_ongoing_requests: int = Field(512, ge=1, description="Requests one ingress replica accepts at once.")
+    max_queued_requests: int = Field(
+        1024,
+        ge=-1,
+        description="Requests Serve's proxy holds while every ingress replica is at max_ongoing_requests; "
+        "past it the proxy answers 429 + Retry-After itself (plain-text body). -1 = unbounded.",
+    )
 
     def resolved_api_keys(self) -> frozenset[str]:
         keys = set(self.api_keys)
@@ -176,6 +199,9 @@ class ImagePoolConfig(DeploymentConfig):
     fetch: FetchConfig = Field(default_factory=FetchConfig, description="Fetch limits and policy.")
     decode: DecodeConfig = Field(default_factory=DecodeConfig, description="Decode limits.")
     max_ongoing_requests: int = Field(32, ge=1, description="Images one pool replica works on at once.")
+    graceful_shutdown_timeout_s: float = Field(
+        60.0, ge=0, description="On scale-down, how long a pool replica finishes the images it holds."
+    )
 
 
 class EngineConfig(_Strict):
@@ -205,6 +231,62 @@ class EngineConfig(_Strict):
     )
 
 
+class AdmissionConfig(_Strict):
+    """Cost-aware admission in each LLM replica, after the pool (prompt tokens are known by then).
+
+    The replica keeps a ledger of the work its engine holds: prompt tokens not yet
+    prefilled and output tokens not yet decoded, turned into seconds with the two
+    rates below. A new request is refused with 429 + Retry-After while the ledger is
+    above ``max_pending_s``, instead of waiting in the engine past any client's
+    patience. Rates are the engine's aggregate throughput under load; measure them
+    (bench/bench_openai.py) for each model and machine.
+    """
+
+    max_pending_s: float | None = Field(
+        30.0,
+        gt=0,
+        description="Refuse new requests while the engine already holds more than this many seconds of "
+        "estimated prefill + decode work; null turns admission control off.",
+    )
+    prefill_tokens_per_s: float = Field(
+        20000.0, gt=0, description="Prompt tokens per second the engine prefills under load (all requests)."
+    )
+    decode_tokens_per_s: float = Field(
+        1000.0, gt=0, description="Output tokens per second the engine decodes under load (all requests)."
+    )
+    output_tokens_estimate: int = Field(
+        256,
+        ge=1,
+        description="Output tokens counted for a request that has not finished: min(max_tokens, this) "
+        "minus what it has produced (most answers stop well before max_tokens).",
+    )
+    max_retry_after_s: float = Field(
+        30.0, gt=0, description="Cap on the Retry-After of an admission 429 (the excess work in seconds)."
+    )
+
+
+class LLMRoutingConfig(_Strict):
+    """How ingress replicas pick an LLM replica for each request (``serve_app.routing``)."""
+
+    policy: Literal["affinity", "pow2"] = Field(
+        "affinity",
+        description="affinity: the replica that served the conversation's opening (system messages and "
+        "first user message: its text and image content ids), by rendezvous hashing, so turn 2+ hits "
+        "that replica's prefix cache; falls back to load when it is busy. pow2: Serve's default power "
+        "of two choices on queue length alone.",
+    )
+    prefix_chars: int = Field(
+        2048, ge=1, description="Characters of the opening's text that go into the affinity key."
+    )
+    busy_ongoing_requests: int | None = Field(
+        None,
+        ge=1,
+        description="Ongoing requests at which the preferred replica counts as busy and the request "
+        "goes to the less loaded of it and one other replica; the autoscaling "
+        "target_ongoing_requests (rounded up) if unset.",
+    )
+
+
 class LLMDeploymentConfig(DeploymentConfig):
     """The vLLM replicas."""
 
@@ -214,6 +296,24 @@ class LLMDeploymentConfig(DeploymentConfig):
         "STRICT_PACK", description="Placement group strategy for the replica's bundles."
     )
     max_ongoing_requests: int = Field(256, ge=1, description="Requests one vLLM replica accepts at once.")
+    max_queued_requests: int = Field(
+        64,
+        ge=-1,
+        description="Requests each ingress replica holds for the LLM while every LLM replica is at "
+        "max_ongoing_requests; past it 429 + Retry-After (Serve's back-pressure). -1 = unbounded.",
+    )
+    admission: AdmissionConfig = Field(
+        default_factory=AdmissionConfig, description="Cost-aware admission (429 when the engine is too busy)."
+    )
+    health_check_period_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between Serve's health checks of a replica. A dead engine is also caught "
+        "by the replica's own watchdog, which ends the replica at once so Serve replaces it.",
+    )
+    engine_watchdog_period_s: float = Field(
+        0.5, gt=0, description="How often the replica asks its engine whether it is still alive."
+    )
     engine_start_timeout_s: float = Field(
         1800.0,
         gt=0,
@@ -221,6 +321,9 @@ class LLMDeploymentConfig(DeploymentConfig):
         "fails and Ray Serve replaces it.",
     )
     env: dict[str, str] = Field(default_factory=dict, description="Environment for the replica (runtime_env).")
+    routing: LLMRoutingConfig = Field(
+        default_factory=LLMRoutingConfig, description="Request routing to the replicas (cache affinity)."
+    )
     stream_interval_s: float = Field(
         0.05,
         ge=0,
@@ -228,6 +331,12 @@ class LLMDeploymentConfig(DeploymentConfig):
         description="Token deltas that arrive within this many seconds go to the ingress as one "
         "message (the first and last are never held); 0 sends one message per engine step.",
     )
+
+    def busy_ongoing_requests(self) -> int:
+        """The affinity router's busy bound (see ``LLMRoutingConfig.busy_ongoing_requests``)."""
+        if self.routing.busy_ongoing_requests is not None:
+            return self.routing.busy_ongoing_requests
+        return max(1, math.ceil(self.autoscaling.target_ongoing_requests))
 
     def placement_bundles(self, tensor_parallel_size: int) -> list[dict[str, float]]:
         """One GPU bundle per tensor-parallel rank; the replica itself sits in the first."""

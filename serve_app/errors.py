@@ -21,14 +21,19 @@ decides an HTTP status.
     │   │   └── ImageSourceUnavailableError 502 (our S3 credentials/config fail; logged)
     │   └── TooManyImagesError             400
     ├── AuthenticationError                401
-    └── EngineError                        500/503 (engine dead or overloaded)
+    ├── ServerOverloadedError              429 server_overloaded (a queue is full, or the
+    │                                          engine holds more work than admission allows)
+    └── EngineError                        500 (the engine failed this request)
+        └── EngineOverloadedError          503 (engine restarting, replica unavailable)
 
+429s and 503s carry ``retry_after_s``; the ingress sends it as ``Retry-After``.
 The classes pickle by their keyword arguments so that they survive a Ray
-DeploymentHandle hop with their status, param and code intact.
+DeploymentHandle hop with their status, param, code and retry-after intact.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -38,15 +43,30 @@ class PixtralServeError(Exception):
     status_code: int = 500
     error_type: str = "server_error"
     default_code: str | None = "internal_error"
+    default_retry_after_s: float | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
+        self.retry_after_s = retry_after_s if retry_after_s is not None else self.default_retry_after_s
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.message, self.param, self.code))
+        return (_rebuild, (type(self), self.message, self.param, self.code, self.retry_after_s))
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` in whole seconds, rounded up (RFC 9110 delay-seconds), when set."""
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -59,8 +79,14 @@ class PixtralServeError(Exception):
         }
 
 
-def _rebuild(cls: type[PixtralServeError], message: str, param: str | None, code: str | None):
-    return cls(message, param=param, code=code)
+def _rebuild(
+    cls: type[PixtralServeError],
+    message: str,
+    param: str | None,
+    code: str | None,
+    retry_after_s: float | None = None,
+):
+    return cls(message, param=param, code=code, retry_after_s=retry_after_s)
 
 
 class InvalidRequestError(PixtralServeError):
@@ -138,6 +164,18 @@ class AuthenticationError(PixtralServeError):
     default_code = "invalid_api_key"
 
 
+class ServerOverloadedError(PixtralServeError):
+    """Refused before any work: a bounded queue is full or admission control says no.
+
+    429 is what OpenAI's SDK (and most clients) back off and retry on.
+    """
+
+    status_code = 429
+    error_type = "server_error"
+    default_code = "server_overloaded"
+    default_retry_after_s = 1.0
+
+
 class EngineError(PixtralServeError):
     status_code = 500
     error_type = "server_error"
@@ -145,8 +183,11 @@ class EngineError(PixtralServeError):
 
 
 class EngineOverloadedError(EngineError):
+    """The engine or its replica is unavailable for now (restarting, replaced); retry later."""
+
     status_code = 503
     default_code = "engine_overloaded"
+    default_retry_after_s = 5.0
 
 
 __all__ = [
@@ -164,6 +205,7 @@ __all__ = [
     "ImageTooLargeError",
     "InvalidRequestError",
     "PixtralServeError",
+    "ServerOverloadedError",
     "TooManyImagesError",
     "UnknownModelError",
     "UnsupportedImageSourceError",

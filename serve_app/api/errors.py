@@ -9,13 +9,21 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-from serve_app.errors import EngineOverloadedError, InvalidRequestError, PixtralServeError
+from serve_app.errors import (
+    EngineOverloadedError,
+    InvalidRequestError,
+    PixtralServeError,
+    ServerOverloadedError,
+)
 
 logger = logging.getLogger(__name__)
 
+# Ray's errors for a replica that died or cannot be reached: the request may be retried.
+REPLICA_GONE = frozenset({"ActorDiedError", "ActorUnavailableError", "DeploymentUnavailableError"})
 
-def unwrap(exc: BaseException) -> BaseException:
-    """The exception a replica raised, out of Ray's wrappers around a DeploymentHandle call."""
+
+def unwrap_cause(exc: BaseException) -> BaseException:
+    """The innermost ``cause`` of Ray's wrappers (RayTaskError and friends), as raised."""
     seen = 0
     while seen < 5:
         cause = getattr(exc, "cause", None)
@@ -23,7 +31,24 @@ def unwrap(exc: BaseException) -> BaseException:
             break
         exc = cause
         seen += 1
-    if type(exc).__name__ in {"ActorDiedError", "ActorUnavailableError", "DeploymentUnavailableError"}:
+    return exc
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The exception a replica raised, out of Ray's wrappers around a DeploymentHandle call.
+
+    Ray Serve's own refusals become ours: ``BackPressureError`` (a deployment's
+    ``max_queued_requests`` is reached) is a 429 with the deployment's configured
+    ``backpressure_config.retry_after_s``; a dead or unreachable replica is a 503.
+    """
+    exc = unwrap_cause(exc)
+    name = type(exc).__name__
+    if name == "BackPressureError":
+        return ServerOverloadedError(
+            "the server is at capacity; retry the request later",
+            retry_after_s=getattr(exc, "retry_after_s", None),
+        )
+    if name in REPLICA_GONE:
         return EngineOverloadedError("a replica is unavailable; retry the request")
     return exc
 
@@ -43,7 +68,7 @@ def as_service_error(exc: BaseException, request_id: str | None = None) -> Pixtr
 
 def error_response(exc: BaseException, request_id: str | None = None) -> JSONResponse:
     error = as_service_error(exc, request_id)
-    return JSONResponse(error.to_body(), status_code=error.status_code)
+    return JSONResponse(error.to_body(), status_code=error.status_code, headers=error.headers())
 
 
 def sse_error_event(exc: BaseException, request_id: str | None = None) -> str:

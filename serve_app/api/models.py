@@ -63,7 +63,7 @@ class ChatCompletionRequest(_Wire):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=list)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63, description="A 64-bit integer, as OpenAI's.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1)
@@ -125,8 +125,10 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """JSON bytes to a validated request, or InvalidRequestError naming what is wrong."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # bad JSON or UTF-8, and integers past Python's 4300-digit limit
         raise InvalidRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError as exc:
+        raise InvalidRequestError("request body is nested too deeply", code="invalid_json") from exc
     if not isinstance(payload, dict):
         raise InvalidRequestError("request body must be a JSON object", code="invalid_json")
     try:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any, AsyncIterator, Callable
 
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from serve_app.config import AppConfig
 from serve_app.engine.prompt import PixtralPromptBuilder
 from serve_app.engine.protocol import Engine, GenerationChunk, SamplingSettings
 from serve_app.engine.stream import coalesce
 from serve_app.engine.system_prompt import DefaultSystemPrompt
-from serve_app.errors import InvalidRequestError
+from serve_app.engine.admission import WorkLedger
+from serve_app.errors import EngineOverloadedError, InvalidRequestError
 from serve_app.images import PreparedImage
 
 logger = logging.getLogger(__name__)
@@ -28,16 +31,28 @@ def vllm_engine_factory(config: AppConfig) -> Engine:
     return VLLMEngine(config.engine, distributed_executor_backend=backend)
 
 
+def _replica_name() -> str | None:
+    """This Serve replica's id (the ``X-Pixtral-Replica`` header); None outside a replica."""
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except RayServeException:
+        return None
+
+
 @serve.deployment(name="PixtralServer")
 class PixtralServer:
     async def __init__(self, config: AppConfig, engine_factory: EngineFactory = vllm_engine_factory):
         self._config = config
+        self._replica = _replica_name()
         # Everything that can fail cheaply (tokenizer, system prompt file) fails before the
         # engine loads its weights, not after, and not again on every restart.
         self._prompts = PixtralPromptBuilder(config.tokenizer_path())
         self._system_prompt = await asyncio.to_thread(DefaultSystemPrompt.from_config, config)
         self._engine = engine_factory(config)
         await self._engine.start(config.llm.engine_start_timeout_s)
+        self._ledger = WorkLedger(config.llm.admission)
+        self._engine_dead: str | None = None
+        self._watchdog = asyncio.create_task(self._watch_engine())
 
     async def generate(
         self,
@@ -68,14 +83,59 @@ class PixtralServer:
         settings = SamplingSettings(
             **{**sampling, "max_tokens": requested or min(self._config.default_max_tokens, room)}
         )
-        chunks = self._engine.generate(prompt, settings, request_id)
-        async for chunk in coalesce(chunks, self._config.llm.stream_interval_s):
-            yield chunk
+        if self._engine_dead is not None:
+            raise EngineOverloadedError("the engine is restarting; retry the request")
+        ticket = self._ledger.admit(len(prompt.token_ids), settings.max_tokens)
+        try:
+            chunks = self._engine.generate(prompt, settings, request_id)
+            first = True
+            async for chunk in coalesce(chunks, self._config.llm.stream_interval_s):
+                ticket.progress(chunk.completion_tokens)
+                if first:  # which replica answered: routing is visible to clients and benchmarks
+                    chunk, first = dataclasses.replace(chunk, replica=self._replica), False
+                yield chunk
+        finally:
+            ticket.release()
 
     async def check_health(self) -> None:
+        """Fails from the moment the engine is found dead, and stays failed."""
+        if self._engine_dead is not None:
+            raise EngineOverloadedError(f"the engine is dead: {self._engine_dead}")
         await self._engine.check_health()
 
+    async def load(self) -> dict[str, float]:
+        """What this replica holds: admitted requests, their estimated seconds, the engine's own count."""
+        return {
+            "admitted_requests": self._ledger.requests,
+            "pending_s": self._ledger.pending_s(),
+            "engine_requests": self._engine.unfinished_requests(),
+        }
+
+    async def _watch_engine(self) -> None:
+        """Ends the replica as soon as its engine reports itself dead.
+
+        Serve's health check needs three failed periods before it replaces a replica;
+        a replica whose actor has ended is replaced at once. Requests in flight have
+        already failed with 503 (the engine's own error); new ones get 503 until the
+        replica is gone, and Serve routes to the others or the replacement.
+        """
+        period = self._config.llm.engine_watchdog_period_s
+        while self._engine_dead is None:
+            await asyncio.sleep(period)
+            try:
+                await self._engine.check_health()
+            except Exception as exc:  # noqa: BLE001 - any failure of a started engine is fatal
+                self._engine_dead = f"{type(exc).__name__}: {exc}"
+        logger.error("engine is dead (%s); ending this replica so Serve replaces it", self._engine_dead)
+        await asyncio.sleep(period)  # the failing requests' 503s leave first
+        import ray
+
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
     def __del__(self) -> None:
+        watchdog = getattr(self, "_watchdog", None)
+        if watchdog is not None:
+            watchdog.cancel()
         engine = getattr(self, "_engine", None)
         if engine is not None:
             engine.shutdown()

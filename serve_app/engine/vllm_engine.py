@@ -25,7 +25,13 @@ from typing import Any, AsyncIterator, Callable
 from serve_app.config import EngineConfig
 from serve_app.engine.prompt import ChatPrompt
 from serve_app.engine.protocol import GenerationChunk, SamplingSettings
-from serve_app.errors import EngineError, EngineOverloadedError, InvalidRequestError, PixtralServeError
+from serve_app.errors import (
+    EngineError,
+    EngineOverloadedError,
+    InvalidRequestError,
+    PixtralServeError,
+    ServerOverloadedError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +130,9 @@ class VLLMEngine:
         if self._engine is None:
             raise EngineError("engine is not started")
         await self._engine.check_health()
+
+    def unfinished_requests(self) -> int:
+        return 0 if self._engine is None else self._engine.get_num_unfinished_requests()
 
     def shutdown(self) -> None:
         if self._engine is not None:
@@ -236,8 +245,8 @@ def _classify(exc: BaseException, request_id: str) -> PixtralServeError:
 
     if isinstance(exc, EngineDeadError):
         return EngineOverloadedError("the engine is restarting; retry the request")
-    if getattr(exc, "http_status", None) == 503:
-        return EngineOverloadedError("the engine's queue is full; retry the request")
+    if getattr(exc, "http_status", None) == 503:  # vLLM's own queue limits (max_num_queued_reqs / _tokens)
+        return ServerOverloadedError("the engine's queue is full; retry the request later")
     for candidate in (exc, exc.__cause__):
         if candidate is not None and _is_client_error(candidate):
             parameter = getattr(candidate, "parameter", None)

@@ -18,9 +18,6 @@ for key, value in {
     "RAY_DEDUP_LOGS": "0",
     "VLLM_NO_USAGE_STATS": "1",
     "HF_HUB_OFFLINE": "1",
-    # What production runs (k8s/image/Dockerfile): Ray Serve's throughput mode, gRPC cap raised.
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "134217728",
 }.items():
     os.environ.setdefault(key, value)
 
@@ -90,6 +87,14 @@ def served(tiny_model, api_key, moto_endpoint, ray_metrics_port):
     import ray
     from ray import serve
 
+    # What production runs (k8s/image/Dockerfile): Ray Serve's throughput mode, gRPC cap raised.
+    # Set after this process imported Ray Serve and before Ray starts: the cluster's processes
+    # (proxy, controller, replicas) inherit it, while the test process keeps Serve's default of
+    # a router loop of its own, so tests can call handles from plain threads.
+    os.environ.update({
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "134217728",
+    })
     os.environ["AWS_ACCESS_KEY_ID"] = "testing"
     os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
     os.environ["AWS_DEFAULT_REGION"] = "us-east-1"

@@ -27,6 +27,56 @@ class FakeFailingEngine:
     async def check_health(self) -> None:
         return None
 
+    def unfinished_requests(self) -> int:
+        return 0
+
+    def shutdown(self) -> None:
+        return None
+
+
+class FakeSlowEngine:
+    """Streams ``chunks`` pieces ``interval_s`` apart, each naming this engine instance.
+
+    For the drain test: what is tested is Serve's replacement of replicas with our
+    options (graceful shutdown), so the stream only has to be long and recognisable.
+    """
+
+    chunks = 16
+    interval_s = 0.5
+
+    def __init__(self, config) -> None:
+        import uuid
+
+        self.config = config
+        self.instance = uuid.uuid4().hex[:8]
+        self.running = 0
+
+    async def start(self, timeout_s: float) -> None:
+        return None
+
+    async def generate(self, prompt, sampling, request_id):
+        import asyncio
+
+        self.running += 1
+        try:
+            for i in range(self.chunks):
+                await asyncio.sleep(self.interval_s)
+                yield GenerationChunk(
+                    text=f"{self.instance}:{i} ",
+                    token_ids=[100 + i],
+                    prompt_tokens=len(prompt.token_ids),
+                    completion_tokens=i + 1,
+                    finish_reason="length" if i == self.chunks - 1 else None,
+                )
+        finally:
+            self.running -= 1
+
+    async def check_health(self) -> None:
+        return None
+
+    def unfinished_requests(self) -> int:
+        return self.running
+
     def shutdown(self) -> None:
         return None
 

@@ -141,7 +141,7 @@ def test_ray_serve_throughput_mode_is_set_the_same_everywhere_it_runs():
     image = _ray_serve_env("k8s/image/Dockerfile", r"^ENV (RAY_SERVE_\w+)=(\S+)$")
     assert image == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "134217728"}
     assert _ray_serve_env("cluster/node-env.sh", r"^export (RAY_SERVE_\w+)=(\S+)$") == image
-    assert _ray_serve_env("Makefile", r"^export (RAY_SERVE_\w+) := (\S+)$") == image
+    assert _ray_serve_env("Makefile", r"^run: export (RAY_SERVE_\w+) := (\S+)$") == image
     assert _ray_serve_env("tests/e2e/conftest.py", r'^\s+"(RAY_SERVE_\w+)": "(\S+)",$') == image
     # gRPC carries request bodies (data: URLs) and prepared pixels between deployments: its
     # per-message cap must sit above the largest body the ingress accepts.

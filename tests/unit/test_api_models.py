@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -57,6 +58,8 @@ def test_image_parts_are_listed_with_their_param_path():
         ({"max_tokens": 0}, "max_tokens"),
         ({"frobnicate": True}, "frobnicate"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"seed": 2**70}, "seed"),  # reached the engine as an OverflowError (500) before
+        ({"seed": -(2**63) - 1}, "seed"),
     ],
 )
 def test_invalid_requests_map_to_400_naming_the_field(fields, param):
@@ -99,3 +102,49 @@ def test_unexpected_exceptions_are_logged_500s_naming_the_request_without_detail
     assert error.status_code == 500
     assert "secret" not in error.message and "chatcmpl-123" in error.message
     assert "chatcmpl-123" in caplog.text and "secret internal detail" in caplog.text
+
+def test_ray_wrapped_errors_are_unwrapped():
+    class FakeRayTaskError(Exception):
+        def __init__(self, cause):
+            self.cause = cause
+
+    inner = errors.ImageDecodeError("bad")
+    assert as_service_error(FakeRayTaskError(inner)) is inner
+
+
+@pytest.mark.parametrize(
+    "error, status, retry_after",
+    [
+        (errors.ServerOverloadedError("busy"), 429, "1"),
+        (errors.ServerOverloadedError("busy", retry_after_s=2.2), 429, "3"),
+        (errors.EngineOverloadedError("restarting"), 503, "5"),
+        (errors.ImageDecodeError("bad"), 400, None),
+    ],
+)
+def test_429_and_503_carry_retry_after_through_pickle(error, status, retry_after):
+    response = error_response(pickle.loads(pickle.dumps(error)))
+    assert response.status_code == status
+    assert response.headers.get("retry-after") == retry_after
+
+
+def test_serve_back_pressure_becomes_one_openai_429():
+    from ray.exceptions import RayTaskError
+    from ray.serve.exceptions import BackPressureError
+
+    refused = BackPressureError(num_queued_requests=8, max_queued_requests=8, status_code=429, retry_after_s=4)
+    for raised in (refused, pickle.loads(pickle.dumps(refused))):
+        response = error_response(raised)
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "4"
+        assert json.loads(response.body)["error"]["code"] == "server_overloaded"
+    wrapped = RayTaskError("generate", "traceback", refused)
+    assert as_service_error(wrapped).status_code == 429
+
+
+def test_a_dead_replica_is_a_503_with_retry_after():
+    from ray.exceptions import ActorDiedError
+
+    response = error_response(ActorDiedError())
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert json.loads(response.body)["error"]["code"] == "engine_overloaded"

@@ -146,3 +146,65 @@ def test_engine_extra_keys_are_checked_against_vllm():
         engine_kwargs(EngineConfig(model="m", extra={"mm_procesor_cache_gb": 0}))
     with pytest.raises(ValueError, match="max_model_len"):
         engine_kwargs(EngineConfig(model="m", extra={"max_model_len": 10}))
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_every_deployment_has_a_bounded_queue_that_answers_429(name):
+    from ray.serve.config import BackpressureConfig
+
+    ingress = build_app(app_args(name))._bound_deployment
+    _, pool, llm = ingress.init_args
+    deployments = [ingress, pool._bound_deployment, llm._bound_deployment]
+    assert [d.name for d in deployments] == ["OpenAIIngress", "ImagePool", "PixtralServer"]
+    for deployment in deployments:
+        assert deployment.max_queued_requests > 0
+        assert deployment.backpressure_config == BackpressureConfig(status_code=429, retry_after_s=1.0)
+        assert deployment._deployment_config.graceful_shutdown_timeout_s >= 60
+
+
+def test_llm_options_come_from_config():
+    args = app_args("config.cpu.yaml")
+    args["llm"].update(max_queued_requests=3, graceful_shutdown_timeout_s=42, health_check_period_s=2)
+    options = llm_options(AppConfig.model_validate(args))
+    assert options["max_queued_requests"] == 3
+    assert options["graceful_shutdown_timeout_s"] == 42
+    assert options["health_check_period_s"] == 2
+
+
+def test_llm_replicas_use_the_cache_affinity_router_by_default():
+    from serve_app.routing.request_router import CacheAffinityRouter
+
+    args = app_args("config.yaml")
+    config = AppConfig.model_validate(args)
+    router = llm_options(config)["request_router_config"]
+    assert router["request_router_class"] is CacheAffinityRouter
+    # Busy at the autoscaling target unless set.
+    assert router["request_router_kwargs"] == {"busy_at": 64}
+    args["llm"]["routing"] = {"busy_ongoing_requests": 96}
+    assert llm_options(AppConfig.model_validate(args))["request_router_config"]["request_router_kwargs"] == {
+        "busy_at": 96
+    }
+
+
+def test_pow2_routing_leaves_serve_default_router():
+    args = app_args("config.yaml")
+    args["llm"]["routing"] = {"policy": "pow2"}
+    assert "request_router_config" not in llm_options(AppConfig.model_validate(args))
+
+
+def test_unknown_routing_policy_is_an_error():
+    args = app_args("config.yaml")
+    args["llm"]["routing"] = {"policy": "round_robin"}
+    with pytest.raises(ValidationError, match="llm.routing.policy"):
+        AppConfig.model_validate(args)
+
+
+def test_the_built_app_carries_the_router_to_serve():
+    from serve_app.routing.request_router import CacheAffinityRouter
+
+    ingress = build_app(app_args("config.yaml"))._bound_deployment
+    llm = ingress.init_args[2]._bound_deployment
+    assert llm.name == "PixtralServer"
+    router = llm._deployment_config.request_router_config
+    assert router.get_request_router_class() is CacheAffinityRouter
+    assert router.request_router_kwargs == {"busy_at": 64}

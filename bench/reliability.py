@@ -1,0 +1,284 @@
+"""Overload and fault figures on CPU (tiny Pixtral): what issue 12 asks to report.
+
+Starts a local Ray, deploys ``build_app`` with a config file's args (the path ``serve run``
+takes), then:
+
+* calibrate: aggregate prefill and decode tokens/s of the engine (for llm.admission);
+* overload: bursts of 1x, 4x, 16x, 64x the LLM capacity (max_ongoing_requests) of
+  simultaneous requests (small JPEG, ``--max-tokens`` tokens, ``--client-timeout-s``):
+  200s / 429s / other / client timeouts, p50/p99 latency of the admitted, RSS of each
+  process group before and after;
+* faults under steady load (``--steady`` clients): kill the engine core, kill the LLM
+  replica, kill a pool replica: failed requests and seconds until a request succeeds again.
+
+  RAY_AUTH_MODE=disabled python bench/reliability.py --config config.cpu.yaml \
+      --out bench/results/2026-12-02-cpu-reliability.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import io
+import json
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def jpeg(seed: int, size=(320, 240)) -> str:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def body(model: str, seed: int, max_tokens: int, **extra) -> dict:
+    content = [{"type": "text", "text": "Describe the image."}, {"type": "image_url", "image_url": {"url": jpeg(seed)}}]
+    return {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, **extra}
+
+
+def process_groups() -> dict[str, float]:
+    """RSS (MiB) per Ray/vLLM process group, by process title."""
+    groups: dict[str, float] = collections.Counter()
+    for proc in psutil.process_iter(["cmdline", "memory_info"]):
+        title = " ".join(proc.info["cmdline"] or [])
+        for marker, name in [
+            ("EngineCore", "engine core"),
+            ("PixtralServer", "PixtralServer replica"),
+            ("ImagePool", "ImagePool replicas"),
+            ("OpenAIIngress", "OpenAIIngress replica"),
+            ("ProxyActor", "Serve proxy"),
+            ("ServeController", "Serve controller"),
+            ("raylet", "raylet"),
+            ("gcs_server", "GCS"),
+        ]:
+            if marker in title and proc.info["memory_info"] is not None:
+                groups[name] += proc.info["memory_info"].rss / 2**20
+                break
+    return {k: round(v) for k, v in sorted(groups.items())}
+
+
+async def one(client: httpx.AsyncClient, url: str, payload: dict, timeout: float) -> tuple[str, float, dict]:
+    started = time.monotonic()
+    try:
+        response = await client.post(url, json=payload, timeout=timeout)
+    except httpx.TimeoutException:
+        return "timeout", time.monotonic() - started, {}
+    except httpx.HTTPError as exc:
+        return f"conn:{type(exc).__name__}", time.monotonic() - started, {}
+    info = {"retry_after": response.headers.get("retry-after")}
+    if response.status_code == 200:
+        info["usage"] = response.json()["usage"]
+    return str(response.status_code), time.monotonic() - started, info
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values else None
+
+
+async def burst(url: str, model: str, n: int, max_tokens: int, timeout: float, seed: int) -> dict:
+    limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
+    async with httpx.AsyncClient(limits=limits) as client:
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(one(client, url, body(model, seed + i, max_tokens), timeout) for i in range(n))
+        )
+        wall = time.monotonic() - started
+    statuses = collections.Counter(status for status, _, _ in results)
+    admitted = [elapsed for status, elapsed, _ in results if status == "200"]
+    refused = [elapsed for status, elapsed, _ in results if status == "429"]
+    retry_after = collections.Counter(info.get("retry_after") for status, _, info in results if status == "429")
+    return {
+        "requests": n,
+        "statuses": dict(statuses),
+        "wall_s": round(wall, 1),
+        "admitted_p50_s": percentile(admitted, 50),
+        "admitted_p99_s": percentile(admitted, 99),
+        "refused_p99_s": percentile(refused, 99),
+        "retry_after_values": dict(retry_after),
+    }
+
+
+async def calibrate(url: str, model: str, n: int) -> dict:
+    """Aggregate prefill tokens/s (max_tokens=1) and decode tokens/s (ignore_eos, 64 tokens) at n clients."""
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=n + 4)) as client:
+        started = time.monotonic()
+        prefill = await asyncio.gather(*(one(client, url, body(model, 900 + i, 1), 300) for i in range(n)))
+        prefill_s = time.monotonic() - started
+        started = time.monotonic()
+        decode = await asyncio.gather(
+            *(one(client, url, body(model, 900 + i, 64, ignore_eos=True), 300) for i in range(n))
+        )
+        decode_s = time.monotonic() - started
+    prompt_tokens = sum(info["usage"]["prompt_tokens"] for s, _, info in prefill if s == "200")
+    completion = sum(info["usage"]["completion_tokens"] for s, _, info in decode if s == "200")
+    return {
+        "clients": n,
+        "prompt_tokens_per_request": prompt_tokens // max(1, n),
+        "prefill_tokens_per_s": round(prompt_tokens / prefill_s),
+        # the repeated images hit the prefix cache in the decode run, so this is mostly decode
+        "decode_tokens_per_s": round(completion / decode_s),
+    }
+
+
+class Steady:
+    """``clients`` threads sending small requests back to back; records (time, status)."""
+
+    def __init__(self, url: str, model: str, clients: int, timeout: float):
+        self.url, self.model, self.timeout = url, model, timeout
+        self.records: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(clients)]
+
+    def _run(self, client_id: int) -> None:
+        seed = 10_000 * (client_id + 1)
+        with httpx.Client() as client:
+            while not self.stop.is_set():
+                seed += 1
+                try:
+                    response = client.post(self.url, json=body(self.model, seed, 8), timeout=self.timeout)
+                    status = str(response.status_code)
+                except httpx.TimeoutException:
+                    status = "timeout"
+                except httpx.HTTPError as exc:
+                    status = f"conn:{type(exc).__name__}"
+                self.records.append((time.monotonic(), status))
+                if status != "200":
+                    time.sleep(0.5)
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=self.timeout + 5)
+
+
+def replica_pid(marker: str) -> psutil.Process:
+    found = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    return found[0]
+
+
+def fault(name: str, url: str, model: str, clients: int, timeout: float, inject, after_s: float = 30) -> dict:
+    with Steady(url, model, clients, timeout) as steady:
+        time.sleep(5)
+        injected = time.monotonic()
+        inject()
+        # wait for the first success that started after the fault
+        deadline = injected + 600
+        recovered = None
+        while time.monotonic() < deadline:
+            ok_after = [t for t, s in steady.records if t > injected + 1 and s == "200"]
+            failed_after = [t for t, s in steady.records if t > injected and s != "200"]
+            if ok_after and (not failed_after or ok_after[-1] > failed_after[-1]):
+                recovered = min(t for t in ok_after if not failed_after or t > failed_after[-1]) - injected
+                break
+            time.sleep(0.5)
+        time.sleep(after_s if recovered is not None else 0)
+    after = [s for t, s in steady.records if t > injected]
+    return {
+        "fault": name,
+        "requests_after_fault": len(after),
+        "statuses_after_fault": dict(collections.Counter(after)),
+        "failed": sum(s != "200" for s in after),
+        "seconds_to_first_success_after_last_failure": round(recovered, 1) if recovered is not None else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="config.cpu.yaml")
+    parser.add_argument("--levels", default="1,4,16,64")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--client-timeout-s", type=float, default=90)
+    parser.add_argument("--steady", type=int, default=4)
+    parser.add_argument("--skip-faults", action="store_true")
+    parser.add_argument("--pool-replicas", type=int, default=2, help="pool replicas (one is killed)")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    sys.path.insert(0, str(REPO))
+    from serve_app.app import build_app
+
+    document = yaml.safe_load((REPO / args.config).read_text())
+    app_args = document["applications"][0]["args"]
+    app_args["engine"]["model"] = str(REPO / app_args["engine"]["model"])
+    model = app_args["served_model_name"]
+    app_args["image_pool"].setdefault("autoscaling", {}).update(
+        min_replicas=args.pool_replicas, max_replicas=max(args.pool_replicas, 2)
+    )
+    capacity = app_args["llm"]["max_ongoing_requests"]
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": 8123, "request_timeout_s": 300})
+    started = time.monotonic()
+    serve.run(build_app(app_args), name="pixtral", route_prefix="/")
+    url = "http://127.0.0.1:8123/v1/chat/completions"
+    report: dict = {
+        "config": args.config,
+        "machine": f"{os.cpu_count()} CPUs, {round(psutil.virtual_memory().total / 2**30)} GiB",
+        "started_s": round(time.monotonic() - started, 1),
+        "capacity": capacity,
+        "llm": app_args["llm"],
+    }
+    print(json.dumps(report), flush=True)
+    report["calibration"] = asyncio.run(calibrate(url, model, capacity))
+    print(json.dumps(report["calibration"]), flush=True)
+    report["overload"] = []
+    for level in map(int, args.levels.split(",")):
+        before = process_groups()
+        result = asyncio.run(burst(url, model, level * capacity, args.max_tokens, args.client_timeout_s, 1000 * level))
+        result.update(level=f"{level}x", rss_mib_before=before, rss_mib_after=process_groups())
+        report["overload"].append(result)
+        print(json.dumps(result), flush=True)
+        time.sleep(5)
+
+    if not args.skip_faults:
+        def kill_engine_core():
+            replica = replica_pid("ServeReplica:pixtral:PixtralServer")
+            core = [c for c in replica.children(recursive=True) if "EngineCore" in " ".join(c.cmdline())][0]
+            os.kill(core.pid, signal.SIGKILL)
+
+        def kill_llm_replica():
+            os.kill(replica_pid("ServeReplica:pixtral:PixtralServer").pid, signal.SIGKILL)
+
+        def kill_pool_replica():
+            os.kill(replica_pid("ServeReplica:pixtral:ImagePool").pid, signal.SIGKILL)
+
+        report["faults"] = []
+        for name, inject in [
+            ("pool replica killed (SIGKILL)", kill_pool_replica),
+            ("engine core killed (SIGKILL)", kill_engine_core),
+            ("LLM replica killed (SIGKILL)", kill_llm_replica),
+        ]:
+            result = fault(name, url, model, args.steady, args.client_timeout_s, inject, after_s=10)
+            report["faults"].append(result)
+            print(json.dumps(result), flush=True)
+
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    serve.shutdown()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
