@@ -7,7 +7,7 @@ import json
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.api.errors import as_service_error
 from serve_app.errors import InvalidRequestError
@@ -17,9 +17,21 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _valid_unicode(value: str) -> str:
+    """JSON may carry lone surrogate escapes (``"\\ud800"``); no tokenizer can encode them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (it has a lone surrogate escape)") from None
+    return value
+
+
+UnicodeText = Annotated[str, AfterValidator(_valid_unicode)]
+
+
 class TextPart(_Wire):
     type: Literal["text"]
-    text: str
+    text: UnicodeText
 
 
 class ImageURL(_Wire):
@@ -48,6 +60,11 @@ class ChatMessage(_Wire):
     content: str | list[ContentPart]
     name: str | None = None
 
+    @field_validator("content")
+    @classmethod
+    def _unicode_content(cls, value: Any) -> Any:
+        return _valid_unicode(value) if isinstance(value, str) else value
+
 
 class StreamOptions(_Wire):
     include_usage: bool = False
@@ -62,7 +79,7 @@ class ChatCompletionRequest(_Wire):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    stop: list[str] = Field(default_factory=list)
+    stop: list[UnicodeText] = Field(default_factory=list)
     seed: int | None = Field(None, ge=-(2**63), lt=2**63, description="A 64-bit integer, as OpenAI's.")
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -137,16 +137,19 @@ def raiser(served):
             raise RuntimeError("secret internal detail")
 
     serve.run(Raiser.bind(), name="raiser", route_prefix=None)
-    yield serve.get_app_handle("raiser")
+    yield "raiser"
     serve.delete("raiser")
 
 
-def call(loop, method) -> BaseException:
-    """What awaiting a handle call raises, inside an event loop as in a deployment."""
+def call(loop, app: str, method: str) -> BaseException:
+    """What awaiting a handle call raises, inside an event loop as in a deployment (the handle
+    is made on that loop: throughput mode binds its router to the loop that makes it)."""
+    from ray import serve
 
     async def main() -> BaseException:
+        handle = serve.get_app_handle(app)
         try:
-            await method.remote()
+            await getattr(handle, method).remote()
         except Exception as exc:  # the point: whatever Ray raises
             return exc
         raise AssertionError("the call did not fail")
@@ -157,7 +160,7 @@ def call(loop, method) -> BaseException:
 def test_typed_errors_survive_a_real_handle_hop(raiser, caller_loop):
     from serve_app.api.errors import as_service_error
 
-    raised = call(caller_loop, raiser.typed)
+    raised = call(caller_loop, raiser, "typed")
     error = as_service_error(raised, "chatcmpl-1")
     assert type(error) is ImageNotFoundError
     assert (error.status_code, error.code, error.param) == (400, "image_not_found", "messages[0].content[1].image_url.url")
@@ -166,7 +169,7 @@ def test_typed_errors_survive_a_real_handle_hop(raiser, caller_loop):
 def test_plain_errors_through_a_real_handle_are_500s_without_text(raiser, caller_loop, caplog):
     from serve_app.api.errors import as_service_error
 
-    raised = call(caller_loop, raiser.plain)
+    raised = call(caller_loop, raiser, "plain")
     assert isinstance(raised, RuntimeError)  # as Ray raises it (its RayTaskError subclasses it)
     with caplog.at_level("ERROR", logger="serve_app.api.errors"):
         error = as_service_error(raised, "chatcmpl-2")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import json
 import pickle
 
 import pytest
 from pydantic import ValidationError
 
 from serve_app.api.errors import as_service_error, error_response
-from serve_app.api.models import ChatCompletionRequest
+from serve_app.api.models import ChatCompletionRequest, parse_chat_request
 from serve_app import errors
 
 
@@ -148,3 +149,25 @@ def test_a_dead_replica_is_a_503_with_retry_after():
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert json.loads(response.body)["error"]["code"] == "engine_overloaded"
+
+
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"messages": [{"role": "user", "content": "Describe \ud800."}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]}, "messages[0].content"),
+        ({"stop": ["\ud800"]}, "stop[0]"),
+    ],
+)
+def test_lone_surrogates_are_a_400_before_any_tokenizer_sees_them(fields, param):
+    body = json.dumps(request(**fields)).encode()  # JSON carries them as \ud800 escapes
+    with pytest.raises(errors.InvalidRequestError) as info:
+        parse_chat_request(body)
+    assert info.value.status_code == 400
+    assert info.value.param.startswith(param)
+    assert "lone surrogate" in info.value.message
+
+
+def test_surrogate_pairs_are_ordinary_text():
+    chat = parse_chat_request(json.dumps(request(messages=[{"role": "user", "content": "\U000103ff"}])).encode())
+    assert chat.messages[0].content == "\U000103ff"
