@@ -19,6 +19,8 @@ export HF_HUB_OFFLINE := 1
 # Ray Serve's throughput mode and its gRPC message cap: see k8s/image/Dockerfile.
 export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
 export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
+# Serve's proxy answers a full ingress queue itself: in the OpenAI error shape (serve_app/api/proxy_errors.py).
+export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH := serve_app.api.proxy_errors:openai_error_bodies
 
 .PHONY: run test install model prometheus manifests clean
 

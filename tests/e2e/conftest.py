@@ -21,6 +21,7 @@ for key, value in {
     # What production runs (k8s/image/Dockerfile): Ray Serve's throughput mode, gRPC cap raised.
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "134217728",
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.api.proxy_errors:openai_error_bodies",
 }.items():
     os.environ.setdefault(key, value)
 
