@@ -73,3 +73,45 @@ def test_the_callback_returns_starlette_middleware_as_serve_checks():
 
     assert validate_http_proxy_callback_return(openai_error_bodies())[0].cls is OpenAIErrorBodies
     assert isinstance(openai_error_bodies()[0], Middleware)
+
+
+def test_serve_installs_the_middleware_from_the_environment_as_its_proxy_does():
+    """The steps Serve's proxy actor takes at start (read the env at import, call the callback,
+    wrap its ASGI app), in a fresh interpreter with the variable our launch paths set."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import asyncio, json
+from ray.serve.config import HTTPOptions
+from ray.serve._private.http_util import _apply_middlewares, configure_http_middlewares
+
+async def proxy(scope, receive, send):
+    await send({"type": "http.response.start", "status": 429,
+                "headers": [[b"content-type", b"text/plain; charset=utf-8"], [b"retry-after", b"3"]]})
+    await send({"type": "http.response.body", "body": b"Request dropped due to backpressure."})
+
+sent = []
+async def send(message):
+    sent.append(message)
+
+async def receive():
+    return {"type": "http.request", "body": b""}
+
+app = _apply_middlewares(proxy, configure_http_middlewares(HTTPOptions()).middlewares)
+asyncio.run(app({"type": "http", "headers": [], "path": "/", "method": "POST"}, receive, send))
+print(json.dumps({"status": sent[0]["status"], "body": json.loads(sent[1]["body"])}))
+"""
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.api.proxy_errors:openai_error_bodies",
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+    }
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["status"] == 429
+    assert result["body"]["error"]["code"] == "server_overloaded"
