@@ -141,6 +141,7 @@ async def post_chat(session, url: str, body: dict, headers: dict) -> dict:
         async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
             if r.status != 200:
                 return {"ok": False, "status": r.status, "err": (await r.text())[:300]}
+            replica = r.headers.get("x-pixtral-replica")  # ours only: which LLM replica answered
             async for raw in r.content:
                 line = raw.decode().strip()
                 if not line.startswith("data:") or line == "data: [DONE]":
@@ -159,7 +160,7 @@ async def post_chat(session, url: str, body: dict, headers: dict) -> dict:
         return {"ok": False, "status": None, "err": f"{type(exc).__name__}: {exc}"[:300]}
     cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
     return {"ok": True, "ttft": ttft if ttft is not None else float("nan"), "e2e": time.perf_counter() - t0,
-            "out": out_tokens, "text": "".join(text), "cached": cached}
+            "out": out_tokens, "text": "".join(text), "cached": cached, "replica": replica}
 
 
 async def run_conversations(url: str, model: str, convs: list[Conversation], images: ImageStore, *,

@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--load-format", default="dummy")
     ap.add_argument("--engine-kwargs", default="{}", help="JSON merged into engine_kwargs (dry run: CPU settings)")
+    ap.add_argument("--replicas", type=int, default=1, help="LLM replicas (one GPU each)")
+    ap.add_argument("--prefix-affinity", action="store_true", help="its PrefixCacheAffinityRouter (text only)")
     a = ap.parse_args()
 
     import ray
@@ -49,12 +51,16 @@ def main() -> None:
 
     ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
     serve.start(http_options={"host": "127.0.0.1", "port": a.port})
+    deployment_config: dict = {"autoscaling_config": {"min_replicas": a.replicas, "max_replicas": a.replicas}}
+    if a.prefix_affinity:
+        deployment_config["request_router_config"] = {
+            "request_router_class": "ray.serve.llm.request_router.PrefixCacheAffinityRouter"}
     config = LLMConfig(
         model_loading_config={"model_id": a.name, "model_source": str(hf_view(Path(a.model)))},
         engine_kwargs={"tokenizer_mode": "mistral", "config_format": "mistral", "load_format": a.load_format,
                        "max_model_len": a.max_model_len, "limit_mm_per_prompt": {"image": a.images},
                        **json.loads(a.engine_kwargs)},
-        deployment_config={"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
+        deployment_config=deployment_config,
     )
     serve.run(build_openai_app({"llm_configs": [config]}), blocking=False)
     stop = threading.Event()

@@ -13,7 +13,9 @@ OURS = "pixtral-serve"
 
 
 def best_peer(systems: dict, workload: str, key: str = "req_per_s") -> tuple[str | None, float | None]:
-    values = [(name, s["workloads"].get(workload, {}).get(key)) for name, s in systems.items() if name != OURS]
+    """The best system that is not one of ours (scale_out.yaml runs several of ours)."""
+    values = [(name, s["workloads"].get(workload, {}).get(key)) for name, s in systems.items()
+              if name != OURS and s.get("kind") != "ours"]
     values = [(n, v) for n, v in values if v is not None]
     return max(values, key=lambda nv: nv[1]) if values else (None, None)
 
@@ -56,7 +58,7 @@ def markdown(data: dict, png_name: str) -> str:
             extra = f", turns 2+: {r['ttft_p50_later_turns_s']} s" if r.get("ttft_p50_later_turns_s") is not None else ""
             err = f", **{r['errors']} errors**" if r["errors"] else ""
             cells.append(f"{r['req_per_s']:.2f} ({r['ttft_p50_s']} s{extra}){err}")
-        ours = systems.get(OURS, {}).get("workloads", {}).get(wl, {}).get("req_per_s")
+        ours = systems.get(spec.get("ours", OURS), {}).get("workloads", {}).get(wl, {}).get("req_per_s")
         peer, best = best_peer(systems, wl)
         ratio = f"{ours / best:.2f}x vs {peer}" if ours and best else "–"
         lines.append(f"| {wl} | " + " | ".join(cells) + f" | {ratio} |")

@@ -110,23 +110,24 @@ class Run:
                    "--max-model-len", str(m["max_model_len"]), "--host", "127.0.0.1", "--port", str(PORT),
                    "--served-model-name", m["served_name"], *system.get("args", []), *m.get("vllm_args", [])]
         elif system["kind"] == "ours":
-            config = self.our_config(system["config"])
+            config = self.our_config(name, system)
             env.update(shipped_ray_env(), PIXTRAL_SERVE_API_KEYS=API_KEY, RAY_ADDRESS="local")
             cmd = [sys.executable, "-m", "ray.serve.scripts", "run", str(config)]  # = `serve run CONFIG`
         elif system["kind"] == "ray-llm":
             cmd = [sys.executable, str(BENCH / "ray_serve_llm.py"), "--model", m["path"], "--name", m["served_name"],
                    "--max-model-len", str(m["max_model_len"]), "--images", str(m["max_images_per_prompt"]),
                    "--port", str(PORT), "--load-format", m.get("load_format", "dummy"),
-                   "--engine-kwargs", json.dumps(m.get("ray_llm_engine_kwargs", {}))]
+                   "--engine-kwargs", json.dumps(m.get("ray_llm_engine_kwargs", {})), *system.get("args", [])]
         else:
             raise ValueError(f"unknown system kind {system['kind']!r}")
         self.result["systems"][name]["command"] = " ".join(cmd)
         return subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=str(REPO), start_new_session=True)
 
-    def our_config(self, path: str) -> Path:
-        """The shipped config with only what the dummy model needs swapped (model path and limits)."""
-        cfg = yaml.safe_load((REPO / path).read_text())
+    def our_config(self, name: str, system: dict) -> Path:
+        """The shipped config with only what the dummy model needs swapped (model path and limits),
+        then the system's own ``overrides`` (dotted keys: replicas, routing...)."""
+        cfg = yaml.safe_load((REPO / system["config"]).read_text())
         app = cfg["applications"][0]["args"]
         m = self.spec["model"]
         app["served_model_name"] = m["served_name"]
@@ -134,15 +135,16 @@ class Run:
                              max_images_per_prompt=m["max_images_per_prompt"])
         app["engine"].pop("tokenizer", None)  # the kit's model folder carries tekken.json
         cfg["http_options"]["port"] = PORT
-        for key, value in m.get("ours_overrides", {}).items():  # dry run only: CPU engine settings
+        # ours_overrides: dry run only (CPU engine settings); overrides: the system's own.
+        for key, value in {**m.get("ours_overrides", {}), **system.get("overrides", {})}.items():
             target = app
             *parents, leaf = key.split(".")
             for p in parents:
                 target = target.setdefault(p, {})
             target[leaf] = value
-        out = self.work / "ours-config.yaml"
+        out = self.work / f"{name}-config.yaml"
         out.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        self.result["systems"]["pixtral-serve"]["effective_config"] = cfg
+        self.result["systems"][name]["effective_config"] = cfg
         return out
 
     def wait_ready(self, proc: subprocess.Popen, limit_s: float) -> float | None:
@@ -320,6 +322,8 @@ def main() -> int:
     ap.add_argument("--deadline-s", type=float, default=1500)
     a = ap.parse_args()
     spec = yaml.safe_load(Path(a.spec).read_text())
+    if "base" in spec:  # e.g. scale_out.yaml: its own systems, the base file's model/request/workloads
+        spec = {**yaml.safe_load((Path(a.spec).parent / spec["base"]).read_text()), **spec}
     if a.systems:
         spec["systems"] = {k: v for k, v in spec["systems"].items() if k in a.systems}
     if a.workloads:

@@ -16,6 +16,7 @@ from serve_app.deployments.image_pool import ImagePool
 from serve_app.deployments.ingress import OpenAIIngress
 from serve_app.deployments.pixtral_server import EngineFactory, PixtralServer, vllm_engine_factory
 from serve_app.engine.prompt import image_grid_of
+from serve_app.routing.request_router import CacheAffinityRouter
 
 
 def _common_options(deployment: DeploymentConfig) -> dict[str, Any]:
@@ -40,6 +41,11 @@ def llm_options(config: AppConfig) -> dict[str, Any]:
         "health_check_period_s": llm.health_check_period_s,
         "health_check_timeout_s": 60,
     }
+    if llm.routing.policy == "affinity":
+        options["request_router_config"] = {
+            "request_router_class": CacheAffinityRouter,
+            "request_router_kwargs": {"busy_at": llm.busy_ongoing_requests()},
+        }
     if llm.accelerator == "gpu":
         tp = config.engine.tensor_parallel_size
         # With TP 1 the engine runs in the replica and needs its GPU; with TP > 1 vLLM's

@@ -8,6 +8,7 @@ config.yaml is an error naming the key, not a silently ignored setting.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -264,6 +265,28 @@ class AdmissionConfig(_Strict):
     )
 
 
+class LLMRoutingConfig(_Strict):
+    """How ingress replicas pick an LLM replica for each request (``serve_app.routing``)."""
+
+    policy: Literal["affinity", "pow2"] = Field(
+        "affinity",
+        description="affinity: the replica that served the conversation's opening (system messages and "
+        "first user message: its text and image content ids), by rendezvous hashing, so turn 2+ hits "
+        "that replica's prefix cache; falls back to load when it is busy. pow2: Serve's default power "
+        "of two choices on queue length alone.",
+    )
+    prefix_chars: int = Field(
+        2048, ge=1, description="Characters of the opening's text that go into the affinity key."
+    )
+    busy_ongoing_requests: int | None = Field(
+        None,
+        ge=1,
+        description="Ongoing requests at which the preferred replica counts as busy and the request "
+        "goes to the less loaded of it and one other replica; the autoscaling "
+        "target_ongoing_requests (rounded up) if unset.",
+    )
+
+
 class LLMDeploymentConfig(DeploymentConfig):
     """The vLLM replicas."""
 
@@ -298,6 +321,9 @@ class LLMDeploymentConfig(DeploymentConfig):
         "fails and Ray Serve replaces it.",
     )
     env: dict[str, str] = Field(default_factory=dict, description="Environment for the replica (runtime_env).")
+    routing: LLMRoutingConfig = Field(
+        default_factory=LLMRoutingConfig, description="Request routing to the replicas (cache affinity)."
+    )
     stream_interval_s: float = Field(
         0.05,
         ge=0,
@@ -305,6 +331,12 @@ class LLMDeploymentConfig(DeploymentConfig):
         description="Token deltas that arrive within this many seconds go to the ingress as one "
         "message (the first and last are never held); 0 sends one message per engine step.",
     )
+
+    def busy_ongoing_requests(self) -> int:
+        """The affinity router's busy bound (see ``LLMRoutingConfig.busy_ongoing_requests``)."""
+        if self.routing.busy_ongoing_requests is not None:
+            return self.routing.busy_ongoing_requests
+        return max(1, math.ceil(self.autoscaling.target_ongoing_requests))
 
     def placement_bundles(self, tensor_parallel_size: int) -> list[dict[str, float]]:
         """One GPU bundle per tensor-parallel rank; the replica itself sits in the first."""

@@ -34,6 +34,7 @@ from serve_app.errors import (
     TooManyImagesError,
     UnknownModelError,
 )
+from serve_app.routing import affinity_key
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,11 @@ async def readiness(
     return 200, {"status": "ready"}
 
 
+def _replica_header(first: Any) -> dict[str, str]:
+    """``X-Pixtral-Replica``: the LLM replica that answered (opaque Serve replica id)."""
+    return {"X-Pixtral-Replica": first.replica} if first.replica else {}
+
+
 @serve.deployment(name="OpenAIIngress")
 @serve.ingress(app)
 class OpenAIIngress:
@@ -129,6 +135,7 @@ class OpenAIIngress:
         self._pool = image_pool
         self._llm = llm
         self._llm_stream = llm.options(stream=True)  # one handle, not one per request
+        self._routing = config.llm.routing
         self._api_keys = config.ingress.resolved_api_keys()
         listener = await asyncio.to_thread(serve_http_host)
         self._keys_required = keys_required(config.ingress, self._api_keys, listener)
@@ -198,9 +205,14 @@ class OpenAIIngress:
             "seed": chat.seed,
             "ignore_eos": chat.ignore_eos,
         }
-        stream = self._llm_stream.generate.remote(
-            chat.plain_messages(), images, sampling, request_id
-        )
+        messages = chat.plain_messages()
+        llm = self._llm_stream
+        if self._routing.policy == "affinity":
+            # Serve's stickiness slot carries the key to CacheAffinityRouter (serve_app/routing).
+            image_ids = [image.content_id for image in images]
+            key = affinity_key(messages, image_ids, prefix_chars=self._routing.prefix_chars)
+            llm = llm.options(session_id=key)
+        stream = llm.generate.remote(messages, images, sampling, request_id)
         # The first chunk comes before any byte is sent, so prompt and engine errors
         # still get their own status code.
         try:
@@ -214,7 +226,7 @@ class OpenAIIngress:
             return StreamingResponse(
                 self._sse(request_id, first, stream, include_usage),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_replica_header(first)},
             )
         texts, token_ids = [first.text], list(first.token_ids)
         last = first
@@ -234,7 +246,7 @@ class OpenAIIngress:
         if chat.return_token_ids:
             body["prompt_token_ids"] = first.prompt_token_ids
             body["choices"][0]["token_ids"] = token_ids
-        return JSONResponse(body)
+        return JSONResponse(body, headers=_replica_header(first))
 
     async def _parse(self, request: Request) -> ChatCompletionRequest:
         limit = self._config.ingress.max_request_bytes

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from serve_app.config import AppConfig
 from serve_app.engine.admission import WorkLedger
@@ -30,10 +32,19 @@ def vllm_engine_factory(config: AppConfig) -> Engine:
     return VLLMEngine(config.engine, distributed_executor_backend=backend)
 
 
+def _replica_name() -> str | None:
+    """This Serve replica's id (the ``X-Pixtral-Replica`` header); None outside a replica."""
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except RayServeException:
+        return None
+
+
 @serve.deployment(name="PixtralServer")
 class PixtralServer:
     async def __init__(self, config: AppConfig, engine_factory: EngineFactory = vllm_engine_factory):
         self._config = config
+        self._replica = _replica_name()
         # Everything that can fail cheaply (tokenizer, system prompt file) fails before the
         # engine loads its weights, not after, and not again on every restart.
         self._prompts = PixtralPromptBuilder(config.tokenizer_path())
@@ -81,8 +92,11 @@ class PixtralServer:
             # Closed at once, not when collected, when the client goes away: that aborts the
             # engine request.
             async with aclosing(chunks), aclosing(coalesce(chunks, self._config.llm.stream_interval_s)) as merged:
+                first = True
                 async for chunk in merged:
                     ticket.progress(chunk.completion_tokens)
+                    if first:  # which replica answered: routing is visible to clients and benchmarks
+                        chunk, first = dataclasses.replace(chunk, replica=self._replica), False
                     yield chunk
         finally:
             ticket.release()

@@ -188,6 +188,6 @@ def _user_chunks(content: str | list[dict[str, Any]], pending: list[PreparedImag
             prepared = pending.pop(0)
             image = Image.fromarray(prepared.pixels)
             image.info["pixels"] = prepared.pixels
-            image.info["content_id"] = f"{prepared.sha256}-{prepared.width}x{prepared.height}"
+            image.info["content_id"] = prepared.content_id
             chunks.append(ImageChunk(image=image))
     return chunks

@@ -31,6 +31,7 @@ class GenerationChunk:
     finish_reason: str | None = None
     prompt_token_ids: list[int] | None = None  # on the first chunk only
     cached_tokens: int | None = None  # prompt tokens the engine's prefix cache answered, when known
+    replica: str | None = None  # the LLM replica that answered (set on the first chunk by PixtralServer)
 
 
 class Engine(Protocol):

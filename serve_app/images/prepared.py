@@ -26,6 +26,11 @@ class PreparedImage:
     cache_hit: bool = field(default=False, compare=False)
 
     @property
+    def content_id(self) -> str:
+        """``{sha256}-{width}x{height}``: the image's id for vLLM's caches and for routing."""
+        return f"{self.sha256}-{self.width}x{self.height}"
+
+    @property
     def width(self) -> int:
         return int(self.pixels.shape[1])
 

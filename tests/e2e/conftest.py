@@ -18,10 +18,6 @@ for key, value in {
     "RAY_DEDUP_LOGS": "0",
     "VLLM_NO_USAGE_STATS": "1",
     "HF_HUB_OFFLINE": "1",
-    # What production runs (k8s/image/Dockerfile): Ray Serve's throughput mode, gRPC cap raised.
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "134217728",
-    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.api.proxy_errors:openai_error_bodies",
 }.items():
     os.environ.setdefault(key, value)
 
@@ -91,6 +87,16 @@ def served(tiny_model, api_key, moto_endpoint, ray_metrics_port):
     import ray
     from ray import serve
 
+    # What production runs (k8s/image/Dockerfile): Ray Serve's throughput mode, gRPC cap raised.
+    # Set after this process imported Ray Serve and before Ray starts: the cluster's processes
+    # (proxy, controller, replicas) inherit it, while the test process keeps Serve's default of
+    # a router loop of its own, so tests can call handles from plain threads.
+    os.environ.update({
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "134217728",
+        # Serve's proxy's own 429/503 as OpenAI error bodies (serve_app/api/proxy_errors.py).
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.api.proxy_errors:openai_error_bodies",
+    })
     os.environ["AWS_ACCESS_KEY_ID"] = "testing"
     os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
     os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
@@ -181,11 +187,17 @@ def image_server():
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     routes: dict[str, tuple[str, bytes]] = {}
+    started: list[str] = []  # /slow/... responses begun
     aborted: list[str] = []  # /slow/... responses whose client hung up
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
+            if self.path.startswith("/late404/"):  # a missing image, answered after 1 s
+                time.sleep(1.0)
+                self.send_error(404)
+                return
             if self.path.startswith("/slow/"):  # one byte every 50 ms for up to 30 s
+                started.append(self.path)
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
                 self.send_header("Content-Length", str(10**6))
@@ -216,6 +228,7 @@ def image_server():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     server.routes = routes
+    server.started = started
     server.aborted = aborted
     server.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     yield server

@@ -9,7 +9,6 @@ of 5 s of estimated work. A refusal at either queue is the same OpenAI 429.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -63,27 +62,11 @@ def chat(base: str, api_key: str, *, seed: int = 1, timeout: float = REQUEST_BOU
     )
 
 
-_HANDLE_LOOP: asyncio.AbstractEventLoop | None = None
-
-
-def _handle_loop() -> asyncio.AbstractEventLoop:
-    """One event loop for this process's handle calls, running for the rest of the session:
-    in Serve's throughput mode a handle's router binds to the loop it is first used on."""
-    global _HANDLE_LOOP
-    if _HANDLE_LOOP is None:
-        _HANDLE_LOOP = asyncio.new_event_loop()
-        threading.Thread(target=_HANDLE_LOOP.run_forever, daemon=True, name="handle-loop").start()
-    return _HANDLE_LOOP
-
-
 def llm_load(app_name: str = "faults") -> dict:
-    """The LLM replica's own count of what it holds (a handle call)."""
+    """The LLM replica's own count of what it holds (a handle call from this test thread)."""
     from ray import serve
 
-    async def ask() -> dict:
-        return await serve.get_deployment_handle("PixtralServer", app_name=app_name).load.remote()
-
-    return asyncio.run_coroutine_threadsafe(asyncio.wait_for(ask(), timeout=30), _handle_loop()).result(timeout=60)
+    return serve.get_deployment_handle("PixtralServer", app_name=app_name).load.remote().result(timeout_s=30)
 
 
 def wait_until_idle(app_name: str = "faults", bound_s: float = 60) -> dict:

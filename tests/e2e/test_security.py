@@ -115,6 +115,15 @@ def test_health_is_liveness_only_and_ready_waits_for_the_engine(served):
 
 
 @pytest.fixture(scope="module")
+def caller_loop():
+    """One event loop for the module's handle calls, kept running for the process's lifetime:
+    Serve's throughput mode binds the handle's router to the loop that first uses it."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    return loop
+
+
+@pytest.fixture(scope="module")
 def raiser(served):
     """A deployment raising our typed error and a plain one, behind a real DeploymentHandle."""
     from ray import serve
@@ -128,46 +137,39 @@ def raiser(served):
             raise RuntimeError("secret internal detail")
 
     serve.run(Raiser.bind(), name="raiser", route_prefix=None)
-    yield "raiser"
+    yield serve.get_app_handle("raiser")
     serve.delete("raiser")
 
 
-def call(method: str) -> BaseException:
-    """What awaiting a handle call raises, inside an event loop as in a deployment (Serve's
-    throughput mode runs the router on the caller's loop, so the handle is made there)."""
-    from ray import serve
+def call(loop, method) -> BaseException:
+    """What awaiting a handle call raises, inside an event loop as in a deployment."""
 
     async def main() -> BaseException:
-        handle = serve.get_app_handle("raiser")
         try:
-            await asyncio.wait_for(getattr(handle, method).remote(), 60)
+            await method.remote()
         except Exception as exc:  # the point: whatever Ray raises
             return exc
         raise AssertionError("the call did not fail")
 
-    return asyncio.run(main())
+    return asyncio.run_coroutine_threadsafe(main(), loop).result(timeout=60)
 
 
-def test_typed_errors_survive_a_real_handle_hop(raiser):
-    from ray.exceptions import RayTaskError
-
+def test_typed_errors_survive_a_real_handle_hop(raiser, caller_loop):
     from serve_app.api.errors import as_service_error
 
-    raised = call("typed")
-    assert isinstance(raised, RayTaskError)  # Ray's own wrapper, not ours
+    raised = call(caller_loop, raiser.typed)
     error = as_service_error(raised, "chatcmpl-1")
     assert type(error) is ImageNotFoundError
     assert (error.status_code, error.code, error.param) == (400, "image_not_found", "messages[0].content[1].image_url.url")
 
 
-def test_plain_errors_through_a_real_handle_are_500s_without_text(raiser):
-    from ray.exceptions import RayTaskError
-
+def test_plain_errors_through_a_real_handle_are_500s_without_text(raiser, caller_loop, caplog):
     from serve_app.api.errors import as_service_error
 
-    raised = call("plain")
-    assert isinstance(raised, RayTaskError) and isinstance(raised, RuntimeError)
-    error = as_service_error(raised, "chatcmpl-2")
+    raised = call(caller_loop, raiser.plain)
+    assert isinstance(raised, RuntimeError)  # as Ray raises it (its RayTaskError subclasses it)
+    with caplog.at_level("ERROR", logger="serve_app.api.errors"):
+        error = as_service_error(raised, "chatcmpl-2")
     assert error.status_code == 500
     assert "secret" not in error.message and "RuntimeError" not in error.message
-    assert "chatcmpl-2" in error.message
+    assert "chatcmpl-2" in error.message and "secret internal detail" in caplog.text

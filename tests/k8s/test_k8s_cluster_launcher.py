@@ -145,7 +145,7 @@ def test_ray_serve_throughput_mode_is_set_the_same_everywhere_it_runs():
         "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.api.proxy_errors:openai_error_bodies",
     }
     assert _ray_serve_env("cluster/node-env.sh", r"^export (RAY_SERVE_\w+)=(\S+)$") == image
-    assert _ray_serve_env("Makefile", r"^export (RAY_SERVE_\w+) := (\S+)$") == image
+    assert _ray_serve_env("Makefile", r"^run: export (RAY_SERVE_\w+) := (\S+)$") == image
     assert _ray_serve_env("tests/e2e/conftest.py", r'^\s+"(RAY_SERVE_\w+)": "(\S+)",$') == image
     # gRPC carries request bodies (data: URLs) and prepared pixels between deployments: its
     # per-message cap must sit above the largest body the ingress accepts.

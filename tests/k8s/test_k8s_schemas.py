@@ -29,7 +29,8 @@ def test_every_overlay_folder_is_tested() -> None:
 
 def test_overlay_renders_expected_objects(overlay: str) -> None:
     kinds = sorted(o["kind"] for o in rendered(overlay))
-    expected = ["RayService", "ServiceAccount"] + (["ConfigMap", "PodMonitor"] if overlay.endswith("-eks") else [])
+    eks = ["ConfigMap", "PodMonitor", "PersistentVolumeClaim"] if overlay.endswith("-eks") else []
+    expected = ["RayService", "ServiceAccount"] + eks
     assert kinds == sorted(expected)
     assert not [o for o in rendered(overlay) if o["kind"] == "Secret"], "secrets are created out of band"
 

@@ -137,6 +137,39 @@ def test_secrets_only_by_reference(overlay: str) -> None:
     assert not re.search(r"(AKIA|ASIA)[A-Z0-9]{16}|hf_[A-Za-z0-9]{30,}", text)
 
 
+COMPILE_CACHE_ENV = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+
+
+def test_compile_cache_is_one_volume_shared_by_every_gpu_pod() -> None:
+    """components/compile-cache: vLLM's, Inductor's and Triton's caches on one ReadWriteMany claim."""
+    objs = rendered("pixtral-12b-eks")
+    rs = only(objs, "RayService")
+    gpu = worker_group(rs, "gpu")["template"]
+    env = {e["name"]: e.get("value") for e in _container(gpu)["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in _container(gpu)["volumeMounts"]}
+    volumes = {v["name"]: v for v in gpu["spec"]["volumes"]}
+    claim = volumes["compile-cache"]["persistentVolumeClaim"]["claimName"]
+    for var in COMPILE_CACHE_ENV:
+        assert env[var].startswith(mounts["compile-cache"] + "/"), var
+    assert len({env[var] for var in COMPILE_CACHE_ENV}) == len(COMPILE_CACHE_ENV)
+    pvc = only(objs, "PersistentVolumeClaim")
+    assert pvc["metadata"]["name"] == claim
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "GPU pods on different nodes mount it at once"
+    for name, template in pod_templates(rs):
+        if name != "gpu":  # the head and the CPU group run no engine
+            names = {e["name"] for e in _container(template)["env"]}
+            assert not names & set(COMPILE_CACHE_ENV), name
+
+
+def test_compile_cache_env_always_points_into_a_mounted_volume(overlay: str) -> None:
+    rs = only(rendered(overlay), "RayService")
+    for _, template in pod_templates(rs):
+        env = {e["name"]: e.get("value") for e in _container(template).get("env", [])}
+        mounts = [m["mountPath"] for m in _container(template).get("volumeMounts", [])]
+        for var in set(COMPILE_CACHE_ENV) & set(env):
+            assert any(env[var].startswith(path + "/") for path in mounts), var
+
+
 def test_irsa_overlay_annotates_the_service_account() -> None:
     sa = only(rendered("pixtral-12b-eks"), "ServiceAccount")
     assert re.fullmatch(r"arn:aws:iam::\d{12}:role/.+", sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"])

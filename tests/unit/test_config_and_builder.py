@@ -169,3 +169,42 @@ def test_llm_options_come_from_config():
     assert options["max_queued_requests"] == 3
     assert options["graceful_shutdown_timeout_s"] == 42
     assert options["health_check_period_s"] == 2
+
+
+def test_llm_replicas_use_the_cache_affinity_router_by_default():
+    from serve_app.routing.request_router import CacheAffinityRouter
+
+    args = app_args("config.yaml")
+    config = AppConfig.model_validate(args)
+    router = llm_options(config)["request_router_config"]
+    assert router["request_router_class"] is CacheAffinityRouter
+    # Busy at the autoscaling target unless set.
+    assert router["request_router_kwargs"] == {"busy_at": 64}
+    args["llm"]["routing"] = {"busy_ongoing_requests": 96}
+    assert llm_options(AppConfig.model_validate(args))["request_router_config"]["request_router_kwargs"] == {
+        "busy_at": 96
+    }
+
+
+def test_pow2_routing_leaves_serve_default_router():
+    args = app_args("config.yaml")
+    args["llm"]["routing"] = {"policy": "pow2"}
+    assert "request_router_config" not in llm_options(AppConfig.model_validate(args))
+
+
+def test_unknown_routing_policy_is_an_error():
+    args = app_args("config.yaml")
+    args["llm"]["routing"] = {"policy": "round_robin"}
+    with pytest.raises(ValidationError, match="llm.routing.policy"):
+        AppConfig.model_validate(args)
+
+
+def test_the_built_app_carries_the_router_to_serve():
+    from serve_app.routing.request_router import CacheAffinityRouter
+
+    ingress = build_app(app_args("config.yaml"))._bound_deployment
+    llm = ingress.init_args[2]._bound_deployment
+    assert llm.name == "PixtralServer"
+    router = llm._deployment_config.request_router_config
+    assert router.get_request_router_class() is CacheAffinityRouter
+    assert router.request_router_kwargs == {"busy_at": 64}
