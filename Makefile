@@ -16,10 +16,12 @@ export RAY_USAGE_STATS_ENABLED := 0
 export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
-# `make run`: Ray Serve's throughput mode and its gRPC message cap (see k8s/image/Dockerfile);
+# `make run`: Ray Serve's throughput mode and its gRPC message cap (see k8s/image/Dockerfile),
+# and the proxy's own 429/503 as OpenAI error bodies (serve_app/api/proxy_errors.py);
 # the e2e tests set the same for their cluster (tests/e2e/conftest.py).
 run: export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
 run: export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
+run: export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH := serve_app.api.proxy_errors:openai_error_bodies
 
 .PHONY: run test test-scale-out install model prometheus manifests clean
 

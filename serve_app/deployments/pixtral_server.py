@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from serve_app.config import AppConfig
+from serve_app.engine.admission import WorkLedger
 from serve_app.engine.prompt import PixtralPromptBuilder
 from serve_app.engine.protocol import Engine, GenerationChunk, SamplingSettings
 from serve_app.engine.stream import coalesce
 from serve_app.engine.system_prompt import DefaultSystemPrompt
-from serve_app.engine.admission import WorkLedger
 from serve_app.errors import EngineOverloadedError, InvalidRequestError
 from serve_app.images import PreparedImage
 
@@ -86,14 +87,17 @@ class PixtralServer:
         if self._engine_dead is not None:
             raise EngineOverloadedError("the engine is restarting; retry the request")
         ticket = self._ledger.admit(len(prompt.token_ids), settings.max_tokens)
+        chunks = self._engine.generate(prompt, settings, request_id)
         try:
-            chunks = self._engine.generate(prompt, settings, request_id)
-            first = True
-            async for chunk in coalesce(chunks, self._config.llm.stream_interval_s):
-                ticket.progress(chunk.completion_tokens)
-                if first:  # which replica answered: routing is visible to clients and benchmarks
-                    chunk, first = dataclasses.replace(chunk, replica=self._replica), False
-                yield chunk
+            # Closed at once, not when collected, when the client goes away: that aborts the
+            # engine request.
+            async with aclosing(chunks), aclosing(coalesce(chunks, self._config.llm.stream_interval_s)) as merged:
+                first = True
+                async for chunk in merged:
+                    ticket.progress(chunk.completion_tokens)
+                    if first:  # which replica answered: routing is visible to clients and benchmarks
+                        chunk, first = dataclasses.replace(chunk, replica=self._replica), False
+                    yield chunk
         finally:
             ticket.release()
 

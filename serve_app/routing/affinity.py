@@ -46,7 +46,8 @@ def affinity_key(messages: Sequence[dict[str, Any]], image_ids: Sequence[str], *
                 leading.append([role, "image", next(images, "")])
         if role == "user":
             break
-    encoded = json.dumps(leading, ensure_ascii=False, separators=(",", ":")).encode()
+    # surrogatepass: JSON lets a client send lone surrogates ("\ud800"), which UTF-8 refuses.
+    encoded = json.dumps(leading, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
     return hashlib.sha256(encoded).hexdigest()[:32]
 
 

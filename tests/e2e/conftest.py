@@ -94,6 +94,8 @@ def served(tiny_model, api_key, moto_endpoint, ray_metrics_port):
     os.environ.update({
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "134217728",
+        # Serve's proxy's own 429/503 as OpenAI error bodies (serve_app/api/proxy_errors.py).
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.api.proxy_errors:openai_error_bodies",
     })
     os.environ["AWS_ACCESS_KEY_ID"] = "testing"
     os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"

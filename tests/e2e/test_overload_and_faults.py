@@ -2,8 +2,9 @@
 
 One more application ("faults") with a deliberately small capacity runs beside the
 session's app, so that its engine can be overloaded and killed without touching the
-other tests: 2 requests in the LLM replica, 2 more queued by the ingress, two pool
-replicas, and an admission limit of 5 s of estimated work.
+other tests: 8 requests in the ingress and 4 queued by Serve's proxy, 2 requests in the
+LLM replica and 2 more queued by the ingress, two pool replicas, and an admission limit
+of 5 s of estimated work. A refusal at either queue is the same OpenAI 429.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ RECOVERY_BOUND_S = 300
 def faults_app(served, api_key):
     args = cpu_app_args(
         served_model_name=MODEL,
-        ingress={"api_keys": [api_key], "num_cpus": 0.1},
+        # 8 requests in the ingress and 4 queued by the proxy: past that Serve's proxy refuses.
+        ingress={"api_keys": [api_key], "num_cpus": 0.1, "max_ongoing_requests": 8, "max_queued_requests": 4},
         image_pool={"num_cpus": 0.1, "autoscaling": {"min_replicas": 2, "max_replicas": 2}},
         llm={
             "num_cpus": 0.1,
@@ -61,6 +63,7 @@ def chat(base: str, api_key: str, *, seed: int = 1, timeout: float = REQUEST_BOU
 
 
 def llm_load(app_name: str = "faults") -> dict:
+    """The LLM replica's own count of what it holds (a handle call from this test thread)."""
     from ray import serve
 
     return serve.get_deployment_handle("PixtralServer", app_name=app_name).load.remote().result(timeout_s=30)

@@ -139,7 +139,11 @@ def test_ray_serve_throughput_mode_is_set_the_same_everywhere_it_runs():
     """Ray reads these at process start, so each way of starting Ray must set them: the image
     (k8s), the cluster launcher's node env, `make run`, and the e2e tests (what CI exercises)."""
     image = _ray_serve_env("k8s/image/Dockerfile", r"^ENV (RAY_SERVE_\w+)=(\S+)$")
-    assert image == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "134217728"}
+    assert image == {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "134217728",
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.api.proxy_errors:openai_error_bodies",
+    }
     assert _ray_serve_env("cluster/node-env.sh", r"^export (RAY_SERVE_\w+)=(\S+)$") == image
     assert _ray_serve_env("Makefile", r"^run: export (RAY_SERVE_\w+) := (\S+)$") == image
     assert _ray_serve_env("tests/e2e/conftest.py", r'^\s+"(RAY_SERVE_\w+)": "(\S+)",$') == image

@@ -55,6 +55,12 @@ def test_an_image_is_part_of_the_key_even_past_the_text_budget():
     )
 
 
+def test_lone_surrogates_in_text_still_give_a_key():
+    """JSON allows "\ud800" in a string; the hostile-request suite found it was a 500 here."""
+    key = affinity_key([{"role": "user", "content": "a\ud800b"}], [], prefix_chars=100)
+    assert key != affinity_key([{"role": "user", "content": "ab"}], [], prefix_chars=100)
+
+
 def test_string_content_and_a_single_text_part_give_the_same_key():
     assert key_of([{"role": "user", "content": "hi"}], []) == key_of([user("hi")], [])
 
