@@ -44,6 +44,13 @@ class ImageServer(ThreadingHTTPServer):
             self.hits.clear()
 
 
+@pytest.fixture(scope="session")
+def image_server_class() -> type[ImageServer]:
+    """The server class itself, for tests that serve it differently (TLS). A fixture, because
+    ``from conftest import`` finds whichever conftest module the session imported last."""
+    return ImageServer
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: ImageServer

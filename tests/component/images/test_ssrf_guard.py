@@ -179,14 +179,13 @@ def test_temporary_dns_failure_is_retried_then_a_timeout_class_error(connects):
 
 
 @pytest.fixture(scope="module")
-def tls_server(tmp_path_factory):
+def tls_server(tmp_path_factory, image_server_class):
     """An https image host on 127.0.0.1 with a certificate for img.test from a throwaway CA."""
     import ssl
     import subprocess
     import threading
 
-    from conftest import ImageServer
-
+    ImageServer = image_server_class
     d = tmp_path_factory.mktemp("tls")
 
     def openssl(*args: str) -> None:
