@@ -89,9 +89,9 @@ class PixtralServer:
         ticket = self._ledger.admit(len(prompt.token_ids), settings.max_tokens)
         chunks = self._engine.generate(prompt, settings, request_id)
         try:
-            # Closed at once, not when collected, when the client goes away: that aborts the
-            # engine request.
-            async with aclosing(chunks), aclosing(coalesce(chunks, self._config.llm.stream_interval_s)) as merged:
+            # Closed at once, not when collected, when the client goes away: coalesce then
+            # closes the engine stream, which aborts the engine request.
+            async with aclosing(coalesce(chunks, self._config.llm.stream_interval_s)) as merged:
                 first = True
                 async for chunk in merged:
                     ticket.progress(chunk.completion_tokens)

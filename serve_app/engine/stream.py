@@ -34,12 +34,15 @@ async def coalesce(chunks: AsyncIterator[GenerationChunk], interval_s: float) ->
 
     Closing or cancelling this generator cancels the pending read and closes ``chunks``,
     so a client that goes away still aborts the engine request."""
+    source = aiter(chunks)
     if interval_s <= 0:
-        async for chunk in chunks:
-            yield chunk
+        try:
+            async for chunk in source:
+                yield chunk
+        finally:
+            await _close(source)
         return
     loop = asyncio.get_running_loop()
-    source = aiter(chunks)
     read: asyncio.Task | None = None
     held: GenerationChunk | None = None
     sent_at: float | None = None  # None until the first chunk has gone out
@@ -74,7 +77,12 @@ async def coalesce(chunks: AsyncIterator[GenerationChunk], interval_s: float) ->
             read.cancel()
             with contextlib.suppress(BaseException):
                 await read
-        closer = getattr(source, "aclose", None)
-        if closer is not None:
-            with contextlib.suppress(BaseException):
-                await closer()
+        await _close(source)
+
+
+async def _close(source: AsyncIterator[GenerationChunk]) -> None:
+    """Close the engine stream (aborting its request), whatever state it is in."""
+    closer = getattr(source, "aclose", None)
+    if closer is not None:
+        with contextlib.suppress(BaseException):
+            await closer()
