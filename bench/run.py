@@ -102,7 +102,6 @@ class Run:
     def start(self, name: str, system: dict) -> subprocess.Popen:
         m = self.spec["model"]
         env = dict(os.environ)
-        logfile = open(self.work / f"{name}.log", "ab")
         if system["kind"] == "vllm":
             cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", m["path"], "--tokenizer-mode", "mistral",
                    "--config-format", "mistral", "--load-format", m.get("load_format", "dummy"),
@@ -121,8 +120,9 @@ class Run:
         else:
             raise ValueError(f"unknown system kind {system['kind']!r}")
         self.result["systems"][name]["command"] = " ".join(cmd)
-        return subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=str(REPO), start_new_session=True)
+        with open(self.work / f"{name}.log", "ab") as logfile:  # the child keeps its own descriptor
+            return subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, cwd=str(REPO), start_new_session=True)
 
     def our_config(self, name: str, system: dict) -> Path:
         """The shipped config with only what the dummy model needs swapped (model path and limits),
