@@ -1,7 +1,8 @@
-"""Overload and fault figures on CPU (tiny Pixtral): what issue 12 asks to report.
+"""Overload and fault figures (issue 12), on CPU (tiny Pixtral) or a GPU (dummy Pixtral-12B).
 
-Starts a local Ray, deploys ``build_app`` with a config file's args (the path ``serve run``
-takes), then:
+Starts a local Ray with the Ray Serve environment our image ships (k8s/image/Dockerfile),
+deploys ``build_app`` with a config file's args (the path ``serve run`` takes; only the
+model folder and limits swapped with ``--model-path``), then:
 
 * calibrate: aggregate prefill and decode tokens/s of the engine (for llm.admission);
 * overload: bursts of 1x, 4x, 16x, 64x the LLM capacity (max_ongoing_requests) of
@@ -13,6 +14,10 @@ takes), then:
 
   RAY_AUTH_MODE=disabled python bench/reliability.py --config config.cpu.yaml \
       --out bench/results/2026-12-02-cpu-reliability.json
+  # the lent GPU (bench/gpu/reliability.sh), the shipped config.yaml:
+  python bench/reliability.py --config config.yaml --model-path /tmp/pixtral-12b --load-format dummy \
+      --max-model-len 16384 --levels 1,4,16 --calibrate-image 1024x768 --calibrate-decode-tokens 256 \
+      --out /tmp/bench/reliability.json
 """
 
 from __future__ import annotations
@@ -38,17 +43,22 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+API_KEY = "reliability-bench-key"  # the app under test requires it (config.yaml: auth: required)
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 
 
-def jpeg(seed: int, size=(320, 240)) -> str:
+def jpeg(seed: int, size: tuple[int, int] = (320, 240)) -> str:
     pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def body(model: str, seed: int, max_tokens: int, **extra) -> dict:
-    content = [{"type": "text", "text": "Describe the image."}, {"type": "image_url", "image_url": {"url": jpeg(seed)}}]
+def body(model: str, seed: int, max_tokens: int, size: tuple[int, int] = (320, 240), **extra) -> dict:
+    content = [
+        {"type": "text", "text": "Describe the image."},
+        {"type": "image_url", "image_url": {"url": jpeg(seed, size)}},
+    ]
     return {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, **extra}
 
 
@@ -93,7 +103,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 async def burst(url: str, model: str, n: int, max_tokens: int, timeout: float, seed: int) -> dict:
     limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
-    async with httpx.AsyncClient(limits=limits) as client:
+    async with httpx.AsyncClient(limits=limits, headers=HEADERS) as client:
         started = time.monotonic()
         results = await asyncio.gather(
             *(one(client, url, body(model, seed + i, max_tokens), timeout) for i in range(n))
@@ -114,21 +124,25 @@ async def burst(url: str, model: str, n: int, max_tokens: int, timeout: float, s
     }
 
 
-async def calibrate(url: str, model: str, n: int) -> dict:
-    """Aggregate prefill tokens/s (max_tokens=1) and decode tokens/s (ignore_eos, 64 tokens) at n clients."""
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=n + 4)) as client:
+async def calibrate(url: str, model: str, n: int, size: tuple[int, int], decode_tokens: int) -> dict:
+    """Aggregate prefill tokens/s (max_tokens=1) and decode tokens/s (ignore_eos, ``decode_tokens``
+    each, the same prompts again so that they hit the prefix cache) at n clients."""
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=n + 4), headers=HEADERS) as client:
         started = time.monotonic()
-        prefill = await asyncio.gather(*(one(client, url, body(model, 900 + i, 1), 300) for i in range(n)))
+        prefill = await asyncio.gather(*(one(client, url, body(model, 900 + i, 1, size), 300) for i in range(n)))
         prefill_s = time.monotonic() - started
         started = time.monotonic()
         decode = await asyncio.gather(
-            *(one(client, url, body(model, 900 + i, 64, ignore_eos=True), 300) for i in range(n))
+            *(one(client, url, body(model, 900 + i, decode_tokens, size, ignore_eos=True), 600) for i in range(n))
         )
         decode_s = time.monotonic() - started
     prompt_tokens = sum(info["usage"]["prompt_tokens"] for s, _, info in prefill if s == "200")
     completion = sum(info["usage"]["completion_tokens"] for s, _, info in decode if s == "200")
     return {
         "clients": n,
+        "image": f"{size[0]}x{size[1]}",
+        "decode_tokens_per_request": decode_tokens,
+        "statuses": dict(collections.Counter(s for s, _, _ in prefill + decode)),
         "prompt_tokens_per_request": prompt_tokens // max(1, n),
         "prefill_tokens_per_s": round(prompt_tokens / prefill_s),
         # the repeated images hit the prefix cache in the decode run, so this is mostly decode
@@ -141,15 +155,17 @@ class Steady:
 
     def __init__(self, url: str, model: str, clients: int, timeout: float):
         self.url, self.model, self.timeout = url, model, timeout
-        self.records: list[tuple[float, str]] = []
+        self.records: list[tuple[float, str]] = []  # (time answered, status)
+        self.failed_s: list[float] = []  # how long each non-200 answer took
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(clients)]
 
     def _run(self, client_id: int) -> None:
         seed = 10_000 * (client_id + 1)
-        with httpx.Client() as client:
+        with httpx.Client(headers=HEADERS) as client:
             while not self.stop.is_set():
                 seed += 1
+                sent = time.monotonic()
                 try:
                     response = client.post(self.url, json=body(self.model, seed, 8), timeout=self.timeout)
                     status = str(response.status_code)
@@ -159,6 +175,7 @@ class Steady:
                     status = f"conn:{type(exc).__name__}"
                 self.records.append((time.monotonic(), status))
                 if status != "200":
+                    self.failed_s.append(time.monotonic() - sent)
                     time.sleep(0.5)
 
     def __enter__(self):
@@ -177,13 +194,15 @@ def replica_pid(marker: str) -> psutil.Process:
     return found[0]
 
 
-def fault(name: str, url: str, model: str, clients: int, timeout: float, inject, after_s: float = 30) -> dict:
+def fault(
+    name: str, url: str, model: str, clients: int, timeout: float, inject, after_s: float = 30, bound_s: float = 600
+) -> dict:
     with Steady(url, model, clients, timeout) as steady:
         time.sleep(5)
         injected = time.monotonic()
         inject()
         # wait for the first success that started after the fault
-        deadline = injected + 600
+        deadline = injected + bound_s
         recovered = None
         while time.monotonic() < deadline:
             ok_after = [t for t, s in steady.records if t > injected + 1 and s == "200"]
@@ -199,6 +218,8 @@ def fault(name: str, url: str, model: str, clients: int, timeout: float, inject,
         "requests_after_fault": len(after),
         "statuses_after_fault": dict(collections.Counter(after)),
         "failed": sum(s != "200" for s in after),
+        "failed_answer_p50_s": percentile(steady.failed_s, 50),
+        "failed_answer_max_s": round(max(steady.failed_s), 2) if steady.failed_s else None,
         "seconds_to_first_success_after_last_failure": round(recovered, 1) if recovered is not None else None,
     }
 
@@ -211,10 +232,20 @@ def main() -> None:
     parser.add_argument("--client-timeout-s", type=float, default=90)
     parser.add_argument("--steady", type=int, default=4)
     parser.add_argument("--skip-faults", action="store_true")
-    parser.add_argument("--pool-replicas", type=int, default=2, help="pool replicas (one is killed)")
+    parser.add_argument("--recovery-bound-s", type=float, default=600, help="give up on a fault's recovery after")
+    parser.add_argument("--model-path", help="model folder instead of the config's (the GPU kit's dummy)")
+    parser.add_argument("--load-format", help="with --model-path: vLLM load format (dummy)")
+    parser.add_argument("--max-model-len", type=int, help="with --model-path")
+    parser.add_argument("--num-cpus", type=int, default=4, help="CPUs of the local Ray (GPU machine: all)")
+    parser.add_argument("--calibrate-image", default="320x240", help="WxH of the calibration requests' image")
+    parser.add_argument("--calibrate-decode-tokens", type=int, default=64)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
+    sys.path.insert(0, str(REPO / "bench"))
+    from run import machine, shipped_ray_env  # noqa: E402 - bench/run.py: the same machine facts and env
+
+    os.environ.update(shipped_ray_env())  # before Ray starts: its processes inherit it
     import ray
     from ray import serve
 
@@ -223,27 +254,47 @@ def main() -> None:
 
     document = yaml.safe_load((REPO / args.config).read_text())
     app_args = document["applications"][0]["args"]
-    app_args["engine"]["model"] = str(REPO / app_args["engine"]["model"])
+    if args.model_path:
+        app_args["engine"].update(model=args.model_path, load_format=args.load_format or "dummy")
+        app_args["engine"].pop("tokenizer", None)  # the kit's model folder carries tekken.json
+        if args.max_model_len:
+            app_args["engine"]["max_model_len"] = args.max_model_len
+    else:
+        app_args["engine"]["model"] = str(REPO / app_args["engine"]["model"])
+    app_args["ingress"]["api_keys"] = [API_KEY]
     model = app_args["served_model_name"]
-    app_args["image_pool"].setdefault("autoscaling", {}).update(
-        min_replicas=args.pool_replicas, max_replicas=max(args.pool_replicas, 2)
-    )
+    pool = app_args["image_pool"].setdefault("autoscaling", {})
+    if pool.get("min_replicas", 1) < 2:  # one of them is killed
+        pool.update(min_replicas=2, max_replicas=max(pool.get("max_replicas", 1), 2))
     capacity = app_args["llm"]["max_ongoing_requests"]
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": 8123, "request_timeout_s": 300})
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False)
+    timeout_s = document.get("http_options", {}).get("request_timeout_s", 300)
+    serve.start(http_options={"host": "127.0.0.1", "port": 8123, "request_timeout_s": timeout_s})
     started = time.monotonic()
     serve.run(build_app(app_args), name="pixtral", route_prefix="/")
     url = "http://127.0.0.1:8123/v1/chat/completions"
     report: dict = {
         "config": args.config,
-        "machine": f"{os.cpu_count()} CPUs, {round(psutil.virtual_memory().total / 2**30)} GiB",
+        "machine": {**machine(), "memory_gib": round(psutil.virtual_memory().total / 2**30)},
+        "command": " ".join(sys.argv),
+        "ray_env": shipped_ray_env(),
         "started_s": round(time.monotonic() - started, 1),
         "capacity": capacity,
         "llm": app_args["llm"],
     }
+    out = Path(args.out)
+
+    def save() -> None:  # after every step: a run cut short keeps what it measured
+        out.write_text(json.dumps(report, indent=1) + "\n")
+
     print(json.dumps(report), flush=True)
-    report["calibration"] = asyncio.run(calibrate(url, model, capacity))
+    width, height = map(int, args.calibrate_image.split("x"))
+    report["calibration"] = asyncio.run(
+        calibrate(url, model, capacity, (width, height), args.calibrate_decode_tokens)
+    )
     print(json.dumps(report["calibration"]), flush=True)
+    save()
     report["overload"] = []
     for level in map(int, args.levels.split(",")):
         before = process_groups()
@@ -251,6 +302,7 @@ def main() -> None:
         result.update(level=f"{level}x", rss_mib_before=before, rss_mib_after=process_groups())
         report["overload"].append(result)
         print(json.dumps(result), flush=True)
+        save()
         time.sleep(5)
 
     if not args.skip_faults:
@@ -271,11 +323,14 @@ def main() -> None:
             ("engine core killed (SIGKILL)", kill_engine_core),
             ("LLM replica killed (SIGKILL)", kill_llm_replica),
         ]:
-            result = fault(name, url, model, args.steady, args.client_timeout_s, inject, after_s=10)
+            result = fault(
+                name, url, model, args.steady, args.client_timeout_s, inject, after_s=10, bound_s=args.recovery_bound_s
+            )
             report["faults"].append(result)
             print(json.dumps(result), flush=True)
+            save()
 
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    save()
     serve.shutdown()
     ray.shutdown()
 

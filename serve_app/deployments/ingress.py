@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from serve_app.api.models import (
 from serve_app.config import AppConfig, IngressConfig, is_loopback_host
 from serve_app.errors import (
     AuthenticationError,
+    EngineOverloadedError,
     ImageError,
     InvalidRequestError,
     PixtralServeError,
@@ -40,7 +42,11 @@ logger = logging.getLogger(__name__)
 
 app = FastAPI(title="pixtral-serve", docs_url=None, redoc_url=None)
 
-_READY_CACHE_S = 1.0  # /ready answers from one Serve status lookup per second at most
+# Serve's status is looked up once per period by each ingress replica, in the background;
+# /ready and the engine check at the door answer from the latest lookup.
+_STATUS_PERIOD_S = 1.0
+# A refusal at the door is never based on an older lookup than this (one more is made first).
+_REFUSAL_STATUS_AGE_S = 0.2
 # One thread of its own: a controller that stops answering holds this thread, not the
 # default executor that big request bodies are parsed on.
 _STATUS_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-status")
@@ -101,25 +107,40 @@ def keys_required(settings: IngressConfig, keys: frozenset[str], listener_host: 
     )
 
 
-async def readiness(
+async def running_replicas(
     app_name: str, timeout_s: float, status: Callable[[], Any] = serve.status
-) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, body) of /ready: 200 once the engine and the pool each have a RUNNING
-    replica in Serve's status (the controller health-checks every engine replica), 503 saying
-    what is missing, or 503 when Serve's status does not answer within ``timeout_s``."""
+) -> dict[str, int] | None:
+    """RUNNING replicas of each of the application's deployments, as Serve's controller sees
+    them (it health-checks every engine replica); None when its status does not answer within
+    ``timeout_s`` (the lookup runs on a thread of its own)."""
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout_s):
             current = await loop.run_in_executor(_STATUS_THREAD, status)
     except TimeoutError:
-        return 503, {"status": "not_ready", "reason": f"Serve's status did not answer within {timeout_s} s"}
+        return None
     application = current.applications.get(app_name)
+    if application is None:
+        return {}
+    return {name: d.replica_states.get("RUNNING", 0) for name, d in application.deployments.items()}
+
+
+def readiness_of(running: dict[str, int] | None, timeout_s: float) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of /ready: 200 once the engine and the pool each have a RUNNING
+    replica, 503 saying what is missing, or 503 when Serve's status did not answer in time."""
+    if running is None:
+        return 503, {"status": "not_ready", "reason": f"Serve's status did not answer within {timeout_s} s"}
     for name in ("PixtralServer", "ImagePool"):
-        deployment = application.deployments.get(name) if application else None
-        running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
-        if running < 1:
+        if running.get(name, 0) < 1:
             return 503, {"status": "not_ready", "reason": f"no running {name} replica"}
     return 200, {"status": "ready"}
+
+
+async def readiness(
+    app_name: str, timeout_s: float, status: Callable[[], Any] = serve.status
+) -> tuple[int, dict[str, Any]]:
+    """/ready's answer from one lookup of Serve's status, bounded by ``timeout_s``."""
+    return readiness_of(await running_replicas(app_name, timeout_s, status), timeout_s)
 
 
 def _replica_header(first: Any) -> dict[str, str]:
@@ -140,10 +161,59 @@ class OpenAIIngress:
         listener = await asyncio.to_thread(serve_http_host)
         self._keys_required = keys_required(config.ingress, self._api_keys, listener)
         self._app_name = serve.get_replica_context().app_name
-        self._ready_lock = asyncio.Lock()
-        self._ready_at = 0.0
-        self._ready: tuple[int, dict[str, Any]] = (503, {"status": "not_ready"})
+        self._running: dict[str, int] | None = None  # the latest answered status lookup
+        self._running_at = -math.inf
+        self._lookup: asyncio.Future | None = None  # the lookup in progress, shared by its callers
+        self._gate_engine = config.llm.autoscaling.min_replicas > 0  # scale-from-zero needs the queue
         self._created = int(time.time())
+        await self._refresh_status()  # /ready knows from the first request
+        self._status_watch = asyncio.create_task(self._watch_status())
+
+    async def _watch_status(self) -> None:
+        while True:
+            await asyncio.sleep(_STATUS_PERIOD_S)
+            await self._refresh_status()
+
+    async def _refresh_status(self) -> None:
+        """One lookup of Serve's status; callers arriving meanwhile wait for the same one."""
+        if self._lookup is None or self._lookup.done():
+            self._lookup = asyncio.ensure_future(self._look_up_status())
+        await asyncio.shield(self._lookup)
+
+    async def _look_up_status(self) -> None:
+        try:
+            running = await running_replicas(self._app_name, self._config.ingress.ready_timeout_s)
+        except Exception:  # noqa: BLE001 - a controller hiccup must not end the watch
+            logger.warning("Serve's status lookup failed", exc_info=True)
+            running = None
+        if running is not None:
+            self._running, self._running_at = running, time.monotonic()
+
+    def _latest_running(self) -> dict[str, int] | None:
+        """The latest status lookup, or None when none has answered recently."""
+        if time.monotonic() - self._running_at > self._config.ingress.ready_timeout_s + _STATUS_PERIOD_S:
+            return None
+        return self._running
+
+    async def _refuse_while_no_engine(self) -> None:
+        """503 + Retry-After at the door while no engine replica is running (starting, or being
+        replaced after a crash), instead of holding the request in Serve's queue for the
+        minutes an engine takes to start. An unknown status lets requests through, and a
+        refusal always rests on a lookup at most _REFUSAL_STATUS_AGE_S old."""
+
+        def no_engine() -> bool:
+            running = self._latest_running()
+            return running is not None and running.get("PixtralServer", 0) < 1
+
+        if not self._gate_engine or not no_engine():
+            return
+        if time.monotonic() - self._running_at > _REFUSAL_STATUS_AGE_S:
+            await self._refresh_status()
+        if no_engine():
+            raise EngineOverloadedError(
+                "no engine replica is running (starting or being replaced); retry the request",
+                code="engine_unavailable",
+            )
 
     def _authenticate(self, request: Request) -> None:
         if not self._keys_required:
@@ -163,13 +233,10 @@ class OpenAIIngress:
     @app.get("/ready")
     async def ready(self) -> JSONResponse:
         """Ready when the engine and the image pool each have a running replica, as Serve's
-        controller sees them (it health-checks every engine replica itself). Asks the controller,
-        never the replicas, so it does not wait behind generations; bounded by ready_timeout_s."""
-        async with self._ready_lock:
-            if time.monotonic() - self._ready_at > _READY_CACHE_S:
-                self._ready = await readiness(self._app_name, self._config.ingress.ready_timeout_s)
-                self._ready_at = time.monotonic()
-        status, body = self._ready
+        controller sees them (it health-checks every engine replica itself). Answers from the
+        latest background lookup, never the replicas, so it does not wait behind generations;
+        503 when no lookup has answered within ready_timeout_s."""
+        status, body = readiness_of(self._latest_running(), self._config.ingress.ready_timeout_s)
         return JSONResponse(body, status_code=status)
 
     @app.get("/v1/models")
@@ -195,6 +262,7 @@ class OpenAIIngress:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         request.state.request_id = request_id
         self._authenticate(request)
+        await self._refuse_while_no_engine()
         chat = await self._parse(request)
         images = await self._prepare_images(chat)
         sampling = {

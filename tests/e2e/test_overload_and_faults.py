@@ -228,6 +228,17 @@ def test_killing_the_engine_core_gives_503_with_retry_after_then_recovers(faults
     assert_retryable(long_answer["r"], 503, "engine_overloaded")
     replica.wait(timeout=5)  # ends itself at once, not after three failed health checks (6 s+)
 
+    # While the replacement's engine starts, new requests are refused at the door with
+    # 503 + Retry-After at once, not held in Serve's queue for the whole start.
+    deadline = time.monotonic() + 30
+    while httpx.get(faults_app + "/ready", timeout=10).json().get("reason") != "no running PixtralServer replica":
+        assert time.monotonic() < deadline, "the controller never showed the engine replica gone"
+        time.sleep(0.2)
+    asked = time.monotonic()
+    refused = chat(faults_app, api_key, timeout=30)
+    assert_retryable(refused, 503, "engine_unavailable")
+    assert time.monotonic() - asked < 5
+
     statuses = []
     while True:
         response = chat(faults_app, api_key, timeout=REQUEST_BOUND_S)

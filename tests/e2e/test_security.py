@@ -82,9 +82,10 @@ def test_app_requiring_keys_without_any_refuses_to_start(served, monkeypatch):
         serve.delete("nokeys")
 
 
-def test_health_is_liveness_only_and_ready_waits_for_the_engine(served):
-    """While the engine is still loading, /health answers (it never calls the engine) and
-    /ready says what it waits for."""
+def test_while_the_engine_loads_health_answers_ready_waits_and_chat_is_refused_at_once(served, api_key):
+    """While the engine is still loading, /health answers (it never calls the engine), /ready
+    says what it waits for, and a chat request gets 503 + Retry-After at once instead of
+    waiting in Serve's queue for the engine's start."""
     from ray import serve
 
     start_in_background(
@@ -110,6 +111,18 @@ def test_health_is_liveness_only_and_ready_waits_for_the_engine(served):
         assert ready.status_code == 503
         assert ready.json() == {"status": "not_ready", "reason": "no running PixtralServer replica"}
         assert time.monotonic() - started < 5  # ingress.ready_timeout_s, with slack
+
+        started = time.monotonic()
+        chat = httpx.post(
+            base + "/v1/chat/completions",
+            json={"model": "loading", "messages": [{"role": "user", "content": "hello"}]},
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=60,
+        )
+        assert chat.status_code == 503, chat.text
+        assert chat.json()["error"]["code"] == "engine_unavailable"
+        assert int(chat.headers["retry-after"]) >= 1
+        assert time.monotonic() - started < 5  # refused at the door, not queued behind the start
     finally:
         serve.delete("loading")
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# A bench runner on the lent GPU machine (after `source /tmp/parts/bin/install.sh`), detached,
+# so that later device calls only poll:
+#   bash bench/gpu/detached.sh start RUNNER [args...]  # copy the repo to /tmp/repo, run RUNNER there
+#   bash bench/gpu/detached.sh poll [SECONDS]          # progress; results to $OUT
+# RUNNER is bench/run.py (real traffic) or bench/reliability.py; it writes /tmp/bench/result.json
+# (--out is added here). The device rebuilds the working tree for every call and keeps only
+# /tmp, so the run works from its own copy and writes to /tmp/bench.
+set -uo pipefail
+case "${1:-}" in
+  start)
+    runner=${2:?usage: $0 start RUNNER [args...]}
+    shift 2
+    rm -rf /tmp/repo /tmp/bench && mkdir -p /tmp/repo /tmp/bench
+    tar --exclude=./.git --exclude=./.gpukit --exclude=./.venv --exclude=./.cache -cf - . | tar -C /tmp/repo -xf -
+    cd /tmp/repo
+    export PYTHONPATH=/tmp/repo:/tmp/site PATH=/tmp/site/bin:$PATH
+    export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+    export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
+    unset RAY_ADDRESS
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null  # thousands of simultaneous client connections
+    setsid nohup bash -c 'python3 "$@" --out /tmp/bench/result.json > /tmp/bench/run.out 2>&1 < /dev/null;
+                          echo "DONE rc=$?" >> /tmp/bench/progress.log' _ "$runner" "$@" > /dev/null 2>&1 &
+    echo "started $runner, pid $!"
+    ;;
+  poll)
+    end=$(( $(date +%s) + ${2:-20} ))
+    while [ "$(date +%s)" -lt "$end" ] && ! grep -q DONE /tmp/bench/progress.log 2>/dev/null; do sleep 2; done
+    tail -n 4 /tmp/bench/progress.log 2>/dev/null; tail -n 3 /tmp/bench/run.out
+    if [ -n "${OUT:-}" ]; then
+      cp /tmp/bench/result.json /tmp/bench/progress.log /tmp/bench/run.out "$OUT"/ 2>/dev/null
+      for f in /tmp/bench/work/*.log; do tail -n 200 "$f" > "$OUT/$(basename "$f" .log)-tail.txt"; done 2>/dev/null
+    fi
+    ;;
+  *) echo "usage: $0 start RUNNER [args...] | poll [SECONDS]"; exit 2 ;;
+esac
