@@ -29,6 +29,7 @@ import collections
 import io
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -94,6 +95,11 @@ async def one(client: httpx.AsyncClient, url: str, payload: dict, timeout: float
     info = {"retry_after": response.headers.get("retry-after")}
     if response.status_code == 200:
         info["usage"] = response.json()["usage"]
+    else:
+        try:
+            info["message"] = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            info["message"] = response.text[:80]
     return str(response.status_code), time.monotonic() - started, info
 
 
@@ -113,14 +119,25 @@ async def burst(url: str, model: str, n: int, max_tokens: int, timeout: float, s
     admitted = [elapsed for status, elapsed, _ in results if status == "200"]
     refused = [elapsed for status, elapsed, _ in results if status == "429"]
     retry_after = collections.Counter(info.get("retry_after") for status, _, info in results if status == "429")
+    by_refusal: dict[str, list[float]] = collections.defaultdict(list)  # who refused: the message says
+    for status, elapsed, info in results:
+        if status == "429":
+            by_refusal[re.sub(r"\d+", "N", info.get("message", ""))[:60]].append(elapsed)
     return {
         "requests": n,
         "statuses": dict(statuses),
         "wall_s": round(wall, 1),
         "admitted_p50_s": percentile(admitted, 50),
         "admitted_p99_s": percentile(admitted, 99),
+        "refused_p50_s": percentile(refused, 50),
+        "refused_p90_s": percentile(refused, 90),
         "refused_p99_s": percentile(refused, 99),
+        "refused_max_s": round(max(refused), 2) if refused else None,
         "retry_after_values": dict(retry_after),
+        "refusals": {
+            message: {"count": len(times), "p50_s": percentile(times, 50), "max_s": round(max(times), 2)}
+            for message, times in by_refusal.items()
+        },
     }
 
 
@@ -239,6 +256,12 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=4, help="CPUs of the local Ray (GPU machine: all)")
     parser.add_argument("--calibrate-image", default="320x240", help="WxH of the calibration requests' image")
     parser.add_argument("--calibrate-decode-tokens", type=int, default=64)
+    parser.add_argument(
+        "--calibrate-without-admission",
+        action="store_true",
+        help="calibrate on an app with llm.admission off (its 429s would cut the batch short), then "
+        "redeploy the config as given for the rest",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -272,7 +295,12 @@ def main() -> None:
     timeout_s = document.get("http_options", {}).get("request_timeout_s", 300)
     serve.start(http_options={"host": "127.0.0.1", "port": 8123, "request_timeout_s": timeout_s})
     started = time.monotonic()
-    serve.run(build_app(app_args), name="pixtral", route_prefix="/")
+    if args.calibrate_without_admission:
+        calibrating = json.loads(json.dumps(app_args))
+        calibrating["llm"].setdefault("admission", {})["max_pending_s"] = None
+        serve.run(build_app(calibrating), name="pixtral", route_prefix="/")
+    else:
+        serve.run(build_app(app_args), name="pixtral", route_prefix="/")
     url = "http://127.0.0.1:8123/v1/chat/completions"
     report: dict = {
         "config": args.config,
@@ -293,8 +321,14 @@ def main() -> None:
     report["calibration"] = asyncio.run(
         calibrate(url, model, capacity, (width, height), args.calibrate_decode_tokens)
     )
+    report["calibration"]["admission"] = "off" if args.calibrate_without_admission else "as configured"
     print(json.dumps(report["calibration"]), flush=True)
     save()
+    if args.calibrate_without_admission:
+        started = time.monotonic()
+        serve.run(build_app(app_args), name="pixtral", route_prefix="/")
+        report["redeployed_s"] = round(time.monotonic() - started, 1)
+        save()
     report["overload"] = []
     for level in map(int, args.levels.split(",")):
         before = process_groups()

@@ -45,7 +45,7 @@ def unwrap(exc: BaseException) -> BaseException:
     name = type(exc).__name__
     if name == "BackPressureError":
         return ServerOverloadedError(
-            "the server is at capacity; retry the request later",
+            "the server is at capacity (a queue inside is full); retry the request later",
             retry_after_s=getattr(exc, "retry_after_s", None),
         )
     if name in REPLICA_GONE:

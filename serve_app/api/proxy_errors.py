@@ -28,7 +28,9 @@ def proxy_error(status: int, retry_after: str | None) -> PixtralServeError:
     """Our error for one of the proxy's own refusals."""
     seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
     if status == 429:
-        return ServerOverloadedError("the server is at capacity; retry the request later", retry_after_s=seconds)
+        return ServerOverloadedError(
+            "the server is at capacity (every ingress replica is busy); retry the request later", retry_after_s=seconds
+        )
     return EngineOverloadedError("the service is unavailable; retry the request", retry_after_s=seconds)
 
 

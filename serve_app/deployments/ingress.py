@@ -164,6 +164,7 @@ class OpenAIIngress:
         self._running: dict[str, int] | None = None  # the latest answered status lookup
         self._running_at = -math.inf
         self._lookup: asyncio.Future | None = None  # the lookup in progress, shared by its callers
+        self._engine_gone = asyncio.Event()  # set while the latest lookup shows no running engine replica
         self._gate_engine = config.llm.autoscaling.min_replicas > 0  # scale-from-zero needs the queue
         self._created = int(time.time())
         await self._refresh_status()  # /ready knows from the first request
@@ -188,6 +189,10 @@ class OpenAIIngress:
             running = None
         if running is not None:
             self._running, self._running_at = running, time.monotonic()
+            if running.get("PixtralServer", 0) < 1:
+                self._engine_gone.set()
+            else:
+                self._engine_gone.clear()
 
     def _latest_running(self) -> dict[str, int] | None:
         """The latest status lookup, or None when none has answered recently."""
@@ -214,6 +219,30 @@ class OpenAIIngress:
                 "no engine replica is running (starting or being replaced); retry the request",
                 code="engine_unavailable",
             )
+
+    async def _first_chunk(self, stream: Any) -> Any:
+        """The engine's first chunk; or, if the status lookup finds no engine replica running
+        while this request waits for it (queued in Serve for a replica that died), the request
+        is withdrawn with 503 + Retry-After instead of waiting out a new engine's start."""
+        if not self._gate_engine:
+            return await stream.__anext__()
+        first = asyncio.ensure_future(stream.__anext__())
+        gone = asyncio.ensure_future(self._engine_gone.wait())
+        withdrawn = False
+        try:
+            await asyncio.wait((first, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not first.done():  # the engine went away first, or the client did
+                withdrawn = True
+                first.cancel()
+                stream.cancel()
+        if withdrawn:
+            raise EngineOverloadedError(
+                "the engine replica went away and none is running (being replaced); retry the request",
+                code="engine_unavailable",
+            )
+        return first.result()
 
     def _authenticate(self, request: Request) -> None:
         if not self._keys_required:
@@ -284,7 +313,7 @@ class OpenAIIngress:
         # The first chunk comes before any byte is sent, so prompt and engine errors
         # still get their own status code.
         try:
-            first = await stream.__anext__()
+            first = await self._first_chunk(stream)
         except StopAsyncIteration:
             raise PixtralServeError(f"the engine returned no output (request id {request_id})")
         except Exception as exc:

@@ -228,6 +228,15 @@ def test_killing_the_engine_core_gives_503_with_retry_after_then_recovers(faults
     assert_retryable(long_answer["r"], 503, "engine_overloaded")
     replica.wait(timeout=5)  # ends itself at once, not after three failed health checks (6 s+)
 
+    # A request sent at once, before Serve's controller has seen the replica go, waits in
+    # Serve's queue only until the ingress learns that no engine replica runs: then it is
+    # withdrawn with 503 + Retry-After, well before the new engine is up (~20 s here).
+    sent = time.monotonic()
+    early = chat(faults_app, api_key, timeout=REQUEST_BOUND_S)
+    assert early.status_code == 503, (early.status_code, time.monotonic() - sent)
+    assert int(early.headers["retry-after"]) >= 1
+    assert time.monotonic() - sent < 10
+
     # While the replacement's engine starts, new requests are refused at the door with
     # 503 + Retry-After at once, not held in Serve's queue for the whole start.
     deadline = time.monotonic() + 30
