@@ -6,11 +6,9 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -29,27 +27,19 @@ from serve_app.api.models import (
 from serve_app.config import AppConfig, IngressConfig, is_loopback_host
 from serve_app.errors import (
     AuthenticationError,
-    EngineOverloadedError,
     ImageError,
     InvalidRequestError,
     PixtralServeError,
     TooManyImagesError,
     UnknownModelError,
 )
+from serve_app.deployments.replica_status import ReplicaStatus
 from serve_app.routing import affinity_key
 
 logger = logging.getLogger(__name__)
 
 app = FastAPI(title="pixtral-serve", docs_url=None, redoc_url=None)
 
-# Serve's status is looked up once per period by each ingress replica, in the background;
-# /ready and the engine check at the door answer from the latest lookup.
-_STATUS_PERIOD_S = 1.0
-# A refusal at the door is never based on an older lookup than this (one more is made first).
-_REFUSAL_STATUS_AGE_S = 0.2
-# One thread of its own: a controller that stops answering holds this thread, not the
-# default executor that big request bodies are parsed on.
-_STATUS_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-status")
 
 
 def _request_id(request: Request) -> str | None:
@@ -107,42 +97,6 @@ def keys_required(settings: IngressConfig, keys: frozenset[str], listener_host: 
     )
 
 
-async def running_replicas(
-    app_name: str, timeout_s: float, status: Callable[[], Any] = serve.status
-) -> dict[str, int] | None:
-    """RUNNING replicas of each of the application's deployments, as Serve's controller sees
-    them (it health-checks every engine replica); None when its status does not answer within
-    ``timeout_s`` (the lookup runs on a thread of its own)."""
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout_s):
-            current = await loop.run_in_executor(_STATUS_THREAD, status)
-    except TimeoutError:
-        return None
-    application = current.applications.get(app_name)
-    if application is None:
-        return {}
-    return {name: d.replica_states.get("RUNNING", 0) for name, d in application.deployments.items()}
-
-
-def readiness_of(running: dict[str, int] | None, timeout_s: float) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, body) of /ready: 200 once the engine and the pool each have a RUNNING
-    replica, 503 saying what is missing, or 503 when Serve's status did not answer in time."""
-    if running is None:
-        return 503, {"status": "not_ready", "reason": f"Serve's status did not answer within {timeout_s} s"}
-    for name in ("PixtralServer", "ImagePool"):
-        if running.get(name, 0) < 1:
-            return 503, {"status": "not_ready", "reason": f"no running {name} replica"}
-    return 200, {"status": "ready"}
-
-
-async def readiness(
-    app_name: str, timeout_s: float, status: Callable[[], Any] = serve.status
-) -> tuple[int, dict[str, Any]]:
-    """/ready's answer from one lookup of Serve's status, bounded by ``timeout_s``."""
-    return readiness_of(await running_replicas(app_name, timeout_s, status), timeout_s)
-
-
 def _replica_header(first: Any) -> dict[str, str]:
     """``X-Pixtral-Replica``: the LLM replica that answered (opaque Serve replica id)."""
     return {"X-Pixtral-Replica": first.replica} if first.replica else {}
@@ -161,88 +115,13 @@ class OpenAIIngress:
         listener = await asyncio.to_thread(serve_http_host)
         self._keys_required = keys_required(config.ingress, self._api_keys, listener)
         self._app_name = serve.get_replica_context().app_name
-        self._running: dict[str, int] | None = None  # the latest answered status lookup
-        self._running_at = -math.inf
-        self._lookup: asyncio.Future | None = None  # the lookup in progress, shared by its callers
-        self._engine_gone = asyncio.Event()  # set while the latest lookup shows no running engine replica
-        self._gate_engine = config.llm.autoscaling.min_replicas > 0  # scale-from-zero needs the queue
         self._created = int(time.time())
-        await self._refresh_status()  # /ready knows from the first request
-        self._status_watch = asyncio.create_task(self._watch_status())
-
-    async def _watch_status(self) -> None:
-        while True:
-            await asyncio.sleep(_STATUS_PERIOD_S)
-            await self._refresh_status()
-
-    async def _refresh_status(self) -> None:
-        """One lookup of Serve's status; callers arriving meanwhile wait for the same one."""
-        if self._lookup is None or self._lookup.done():
-            self._lookup = asyncio.ensure_future(self._look_up_status())
-        await asyncio.shield(self._lookup)
-
-    async def _look_up_status(self) -> None:
-        try:
-            running = await running_replicas(self._app_name, self._config.ingress.ready_timeout_s)
-        except Exception:  # noqa: BLE001 - a controller hiccup must not end the watch
-            logger.warning("Serve's status lookup failed", exc_info=True)
-            running = None
-        if running is not None:
-            self._running, self._running_at = running, time.monotonic()
-            if running.get("PixtralServer", 0) < 1:
-                self._engine_gone.set()
-            else:
-                self._engine_gone.clear()
-
-    def _latest_running(self) -> dict[str, int] | None:
-        """The latest status lookup, or None when none has answered recently."""
-        if time.monotonic() - self._running_at > self._config.ingress.ready_timeout_s + _STATUS_PERIOD_S:
-            return None
-        return self._running
-
-    async def _refuse_while_no_engine(self) -> None:
-        """503 + Retry-After at the door while no engine replica is running (starting, or being
-        replaced after a crash), instead of holding the request in Serve's queue for the
-        minutes an engine takes to start. An unknown status lets requests through, and a
-        refusal always rests on a lookup at most _REFUSAL_STATUS_AGE_S old."""
-
-        def no_engine() -> bool:
-            running = self._latest_running()
-            return running is not None and running.get("PixtralServer", 0) < 1
-
-        if not self._gate_engine or not no_engine():
-            return
-        if time.monotonic() - self._running_at > _REFUSAL_STATUS_AGE_S:
-            await self._refresh_status()
-        if no_engine():
-            raise EngineOverloadedError(
-                "no engine replica is running (starting or being replaced); retry the request",
-                code="engine_unavailable",
-            )
-
-    async def _first_chunk(self, stream: Any) -> Any:
-        """The engine's first chunk; or, if the status lookup finds no engine replica running
-        while this request waits for it (queued in Serve for a replica that died), the request
-        is withdrawn with 503 + Retry-After instead of waiting out a new engine's start."""
-        if not self._gate_engine:
-            return await stream.__anext__()
-        first = asyncio.ensure_future(stream.__anext__())
-        gone = asyncio.ensure_future(self._engine_gone.wait())
-        withdrawn = False
-        try:
-            await asyncio.wait((first, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not first.done():  # the engine went away first, or the client did
-                withdrawn = True
-                first.cancel()
-                stream.cancel()
-        if withdrawn:
-            raise EngineOverloadedError(
-                "the engine replica went away and none is running (being replaced); retry the request",
-                code="engine_unavailable",
-            )
-        return first.result()
+        self._replicas = ReplicaStatus(
+            self._app_name,
+            timeout_s=config.ingress.ready_timeout_s,
+            gate_engine=config.llm.autoscaling.min_replicas > 0,  # scaling from zero needs the queue
+        )
+        await self._replicas.start()
 
     def _authenticate(self, request: Request) -> None:
         if not self._keys_required:
@@ -265,7 +144,7 @@ class OpenAIIngress:
         controller sees them (it health-checks every engine replica itself). Answers from the
         latest background lookup, never the replicas, so it does not wait behind generations;
         503 when no lookup has answered within ready_timeout_s."""
-        status, body = readiness_of(self._latest_running(), self._config.ingress.ready_timeout_s)
+        status, body = self._replicas.readiness()
         return JSONResponse(body, status_code=status)
 
     @app.get("/v1/models")
@@ -291,7 +170,7 @@ class OpenAIIngress:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         request.state.request_id = request_id
         self._authenticate(request)
-        await self._refuse_while_no_engine()
+        await self._replicas.refuse_while_no_engine()
         chat = await self._parse(request)
         images = await self._prepare_images(chat)
         sampling = {
@@ -313,7 +192,7 @@ class OpenAIIngress:
         # The first chunk comes before any byte is sent, so prompt and engine errors
         # still get their own status code.
         try:
-            first = await self._first_chunk(stream)
+            first = await self._replicas.first_chunk(stream)
         except StopAsyncIteration:
             raise PixtralServeError(f"the engine returned no output (request id {request_id})")
         except Exception as exc:
