@@ -271,6 +271,9 @@ def main() -> None:
     parser.add_argument("--model-path", help="model folder instead of the config's (the GPU kit's dummy)")
     parser.add_argument("--load-format", help="with --model-path: vLLM load format (dummy)")
     parser.add_argument("--max-model-len", type=int, help="with --model-path")
+    parser.add_argument(
+        "--capacity", type=int, help="requests the levels are multiples of (default: llm.max_ongoing_requests)"
+    )
     parser.add_argument("--num-cpus", type=int, default=4, help="CPUs of the local Ray (GPU machine: all)")
     parser.add_argument("--calibrate-image", default="320x240", help="WxH of the calibration requests' image")
     parser.add_argument("--calibrate-decode-tokens", type=int, default=64)
@@ -307,7 +310,7 @@ def main() -> None:
     pool = app_args["image_pool"].setdefault("autoscaling", {})
     if pool.get("min_replicas", 1) < 2:  # one of them is killed
         pool.update(min_replicas=2, max_replicas=max(pool.get("max_replicas", 1), 2))
-    capacity = app_args["llm"]["max_ongoing_requests"]
+    capacity = args.capacity or app_args["llm"]["max_ongoing_requests"]
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False)
     timeout_s = document.get("http_options", {}).get("request_timeout_s", 300)

@@ -295,12 +295,18 @@ class LLMDeploymentConfig(DeploymentConfig):
     placement_strategy: Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"] = Field(
         "STRICT_PACK", description="Placement group strategy for the replica's bundles."
     )
-    max_ongoing_requests: int = Field(256, ge=1, description="Requests one vLLM replica accepts at once.")
+    max_ongoing_requests: int = Field(
+        1024,
+        ge=1,
+        description="Requests one vLLM replica accepts at once. Admission (``admission``) is what refuses "
+        "work the engine cannot start soon; this only bounds memory, so keep it above what admission lets in.",
+    )
     max_queued_requests: int = Field(
-        64,
+        512,
         ge=-1,
-        description="Requests each ingress replica holds for the LLM while every LLM replica is at "
-        "max_ongoing_requests; past it 429 + Retry-After (Serve's back-pressure). -1 = unbounded.",
+        description="Requests each ingress replica holds for the LLM until Serve assigns them to a replica "
+        "(a burst arrives faster than assignment); past it 429 + Retry-After (Serve's back-pressure). "
+        "-1 = unbounded.",
     )
     admission: AdmissionConfig = Field(
         default_factory=AdmissionConfig, description="Cost-aware admission (429 when the engine is too busy)."
