@@ -21,11 +21,17 @@ from serve_app.errors import ImageNotFoundError
 
 
 def start_in_background(app, name: str, route_prefix: str) -> None:
+    """serve.run in a thread; a deployment that fails to start is for the test to see in
+    serve.status(), not an unhandled exception in the thread."""
     from ray import serve
 
-    threading.Thread(
-        target=serve.run, args=(app,), kwargs={"name": name, "route_prefix": route_prefix}, daemon=True
-    ).start()
+    def run() -> None:
+        try:
+            serve.run(app, name=name, route_prefix=route_prefix)
+        except RuntimeError as exc:
+            print(f"{name} did not start: {str(exc)[:200]}")
+
+    threading.Thread(target=run, daemon=True).start()
 
 
 def stand_in_app(engine_name: str, served_model_name: str, **overrides):
