@@ -372,11 +372,7 @@ def with_overrides(args: dict, assignments: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"ramp: --set takes KEY=VALUE, got {item!r}")
-        *parents, leaf = key.split(".")
-        target = out
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = yaml.safe_load(value)
+        run.set_dotted(out, key, yaml.safe_load(value))
     return out
 
 

@@ -26,12 +26,12 @@ import argparse
 import asyncio
 import base64
 import collections
+import copy
 import io
 import json
 import os
 import re
 import signal
-import statistics
 import sys
 import threading
 import time
@@ -287,7 +287,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO / "bench"))
-    from run import machine, shipped_ray_env  # noqa: E402 - bench/run.py: the same machine facts and env
+    from run import machine, set_dotted, shipped_ray_env, swap_model  # noqa: E402 - shared with bench/run.py
 
     os.environ.update(shipped_ray_env())  # before Ray starts: its processes inherit it
     import ray
@@ -299,10 +299,7 @@ def main() -> None:
     document = yaml.safe_load((REPO / args.config).read_text())
     app_args = document["applications"][0]["args"]
     if args.model_path:
-        app_args["engine"].update(model=args.model_path, load_format=args.load_format or "dummy")
-        app_args["engine"].pop("tokenizer", None)  # the kit's model folder carries tekken.json
-        if args.max_model_len:
-            app_args["engine"]["max_model_len"] = args.max_model_len
+        swap_model(app_args, args.model_path, args.load_format or "dummy", max_model_len=args.max_model_len)
     else:
         app_args["engine"]["model"] = str(REPO / app_args["engine"]["model"])
     app_args["ingress"]["api_keys"] = [API_KEY]
@@ -317,8 +314,8 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": 8123, "request_timeout_s": timeout_s})
     started = time.monotonic()
     if args.calibrate_without_admission:
-        calibrating = json.loads(json.dumps(app_args))
-        calibrating["llm"].setdefault("admission", {})["max_pending_s"] = None
+        calibrating = copy.deepcopy(app_args)
+        set_dotted(calibrating, "llm.admission.max_pending_s", None)
         serve.run(build_app(calibrating), name="pixtral", route_prefix="/")
     else:
         serve.run(build_app(app_args), name="pixtral", route_prefix="/")

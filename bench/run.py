@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from importlib import metadata
 from pathlib import Path
 
@@ -44,6 +43,21 @@ def log(msg: str, logfile: Path) -> None:
     print(line, flush=True)
     with open(logfile, "a") as f:
         f.write(line + "\n")
+
+
+def set_dotted(args: dict, key: str, value) -> None:
+    """``args["a"]["b"] = value`` for ``key`` "a.b", making the parents that are missing."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        args = args.setdefault(part, {})
+    args[leaf] = value
+
+
+def swap_model(app: dict, path: str, load_format: str, **limits: int | None) -> None:
+    """Our app args with only the model swapped, in place: its folder, load format and the given
+    engine limits (None: as shipped); the tokenizer comes from the folder (the kit's has tekken.json)."""
+    app["engine"].update(model=path, load_format=load_format, **{k: v for k, v in limits.items() if v is not None})
+    app["engine"].pop("tokenizer", None)
 
 
 def shipped_ray_env() -> dict[str, str]:
@@ -131,17 +145,12 @@ class Run:
         app = cfg["applications"][0]["args"]
         m = self.spec["model"]
         app["served_model_name"] = m["served_name"]
-        app["engine"].update(model=m["path"], load_format=m.get("load_format", "dummy"), max_model_len=m["max_model_len"],
-                             max_images_per_prompt=m["max_images_per_prompt"])
-        app["engine"].pop("tokenizer", None)  # the kit's model folder carries tekken.json
+        swap_model(app, m["path"], m.get("load_format", "dummy"), max_model_len=m["max_model_len"],
+                   max_images_per_prompt=m["max_images_per_prompt"])
         cfg["http_options"]["port"] = PORT
         # ours_overrides: dry run only (CPU engine settings); overrides: the system's own.
         for key, value in {**m.get("ours_overrides", {}), **system.get("overrides", {})}.items():
-            target = app
-            *parents, leaf = key.split(".")
-            for p in parents:
-                target = target.setdefault(p, {})
-            target[leaf] = value
+            set_dotted(app, key, value)
         out = self.work / f"{name}-config.yaml"
         out.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.result["systems"][name]["effective_config"] = cfg

@@ -25,6 +25,7 @@ from serve_app.api.models import (
     usage_body,
 )
 from serve_app.config import AppConfig, IngressConfig, is_loopback_host
+from serve_app.deployments.replica_status import ReplicaStatus
 from serve_app.errors import (
     AuthenticationError,
     ImageError,
@@ -33,13 +34,11 @@ from serve_app.errors import (
     TooManyImagesError,
     UnknownModelError,
 )
-from serve_app.deployments.replica_status import ReplicaStatus
 from serve_app.routing import affinity_key
 
 logger = logging.getLogger(__name__)
 
 app = FastAPI(title="pixtral-serve", docs_url=None, redoc_url=None)
-
 
 
 def _request_id(request: Request) -> str | None:
@@ -108,7 +107,6 @@ class OpenAIIngress:
     async def __init__(self, config: AppConfig, image_pool: DeploymentHandle, llm: DeploymentHandle):
         self._config = config
         self._pool = image_pool
-        self._llm = llm
         self._llm_stream = llm.options(stream=True)  # one handle, not one per request
         self._routing = config.llm.routing
         self._api_keys = config.ingress.resolved_api_keys()

@@ -8,6 +8,7 @@ import logging
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
+import ray
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
@@ -62,6 +63,8 @@ class PixtralServer:
         sampling: dict[str, Any],
         request_id: str,
     ) -> AsyncIterator[GenerationChunk]:
+        if self._engine_dead is not None:  # before any work on the prompt
+            raise EngineOverloadedError("the engine is restarting; retry the request")
         if self._system_prompt is not None:
             messages = self._system_prompt.apply(messages)
         prompt = await asyncio.to_thread(self._prompts.build, messages, images)
@@ -84,8 +87,6 @@ class PixtralServer:
         settings = SamplingSettings(
             **{**sampling, "max_tokens": requested or min(self._config.default_max_tokens, room)}
         )
-        if self._engine_dead is not None:
-            raise EngineOverloadedError("the engine is restarting; retry the request")
         ticket = self._ledger.admit(len(prompt.token_ids), settings.max_tokens)
         chunks = self._engine.generate(prompt, settings, request_id)
         try:
@@ -132,8 +133,6 @@ class PixtralServer:
                 self._engine_dead = f"{type(exc).__name__}: {exc}"
         logger.error("engine is dead (%s); ending this replica so Serve replaces it", self._engine_dead)
         await asyncio.sleep(period)  # the failing requests' 503s leave first
-        import ray
-
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     def __del__(self) -> None:

@@ -66,13 +66,6 @@ def readiness_of(running: dict[str, int] | None, timeout_s: float) -> tuple[int,
     return 200, {"status": "ready"}
 
 
-async def readiness(
-    app_name: str, timeout_s: float, status: Callable[[], Any] = serve.status
-) -> tuple[int, dict[str, Any]]:
-    """/ready's answer from one lookup of Serve's status, bounded by ``timeout_s``."""
-    return readiness_of(await running_replicas(app_name, timeout_s, status), timeout_s)
-
-
 def _no_engine_error(message: str) -> EngineOverloadedError:
     return EngineOverloadedError(message, code="engine_unavailable")
 

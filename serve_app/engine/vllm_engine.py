@@ -115,8 +115,9 @@ class VLLMEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        if not is_tested_vllm(vllm_version()):
-            logger.warning("vLLM %s is outside the tested range %s", vllm_version(), TESTED_VLLM)
+        version = vllm_version()
+        if not is_tested_vllm(version):
+            logger.warning("vLLM %s is outside the tested range %s", version, TESTED_VLLM)
         args = AsyncEngineArgs(**engine_kwargs(self._config, distributed_executor_backend=self._backend))
         vllm_config = args.create_engine_config()
         if placement_group is not None:

@@ -4,13 +4,30 @@ from Serve's own status objects (no Ray cluster: the status lookup is injected).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
 import pytest
 
-from serve_app.deployments.replica_status import ReplicaStatus, readiness
+from serve_app.deployments.replica_status import ReplicaStatus, readiness_of, running_replicas
 from serve_app.errors import EngineOverloadedError
+
+
+async def readiness(app_name: str, timeout_s: float, status):
+    """/ready's answer from one lookup of ``status``."""
+    return readiness_of(await running_replicas(app_name, timeout_s, status), timeout_s)
+
+
+@contextlib.asynccontextmanager
+async def started(status, *, timeout_s: float = 5, **options):
+    """A ReplicaStatus over ``status`` with its first lookup made and its watch running."""
+    replicas = ReplicaStatus("pixtral", timeout_s=timeout_s, status=status, **options)
+    await replicas.start()
+    try:
+        yield replicas
+    finally:
+        replicas.stop()
 
 
 def serve_status(**running: int):
@@ -38,9 +55,6 @@ def test_ready_needs_a_running_engine_and_pool_replica():
 
 
 def test_ready_has_its_own_deadline():
-    import threading
-    import time
-
     stuck = threading.Event()
 
     async def main():
@@ -54,7 +68,6 @@ def test_ready_has_its_own_deadline():
         stuck.set()
     assert status == 503 and "did not answer within 0.5 s" in body["reason"]
     assert elapsed < 2
-
 
 
 class Statuses:
@@ -86,14 +99,10 @@ class WaitingStream:
 
 def test_no_engine_replica_is_a_503_with_retry_after_at_the_door():
     async def main():
-        status = ReplicaStatus("pixtral", timeout_s=5, status=Statuses(engines=0), period_s=60)
-        await status.start()
-        try:
+        async with started(Statuses(engines=0), period_s=60) as status:
             with pytest.raises(EngineOverloadedError) as info:
                 await status.refuse_while_no_engine()
             return info.value, status.readiness()
-        finally:
-            status.stop()
 
     error, ready = asyncio.run(main())
     assert (error.status_code, error.code) == (503, "engine_unavailable")
@@ -103,13 +112,9 @@ def test_no_engine_replica_is_a_503_with_retry_after_at_the_door():
 
 def test_a_running_engine_or_scaling_from_zero_lets_requests_through():
     async def main(engines: int, gate_engine: bool):
-        status = ReplicaStatus("pixtral", timeout_s=5, status=Statuses(engines), gate_engine=gate_engine, period_s=60)
-        await status.start()
-        try:
+        async with started(Statuses(engines), gate_engine=gate_engine, period_s=60) as status:
             await status.refuse_while_no_engine()
             return status.readiness()
-        finally:
-            status.stop()
 
     assert asyncio.run(main(engines=1, gate_engine=True)) == (200, {"status": "ready"})
     assert asyncio.run(main(engines=0, gate_engine=False))[0] == 503  # not ready, yet not refused
@@ -119,13 +124,9 @@ def test_an_unanswered_status_lets_requests_through():
     stuck = threading.Event()
 
     async def main():
-        status = ReplicaStatus("pixtral", timeout_s=0.2, status=lambda: stuck.wait(30), period_s=60)
-        await status.start()
-        try:
+        async with started(lambda: stuck.wait(30), timeout_s=0.2, period_s=60) as status:
             await status.refuse_while_no_engine()
             return status.readiness()
-        finally:
-            status.stop()
 
     try:
         code, body = asyncio.run(main())
@@ -140,14 +141,10 @@ def test_a_refusal_rests_on_a_fresh_lookup():
     statuses = Statuses(engines=0)
 
     async def main():
-        status = ReplicaStatus("pixtral", timeout_s=5, status=statuses, period_s=60)
-        await status.start()
-        try:
+        async with started(statuses, period_s=60) as status:
             statuses.engines = 1
             await asyncio.sleep(0.3)
             await status.refuse_while_no_engine()
-        finally:
-            status.stop()
 
     asyncio.run(main())
     assert statuses.calls == 2
@@ -168,20 +165,16 @@ def test_a_request_waiting_when_the_last_engine_goes_is_withdrawn():
     statuses = Statuses(engines=1)
 
     async def main():
-        status = ReplicaStatus("pixtral", timeout_s=5, status=statuses, period_s=0.05)
-        await status.start()
-        try:
+        async with started(statuses, period_s=0.05) as status:
             stream = WaitingStream()
             waiting = asyncio.ensure_future(status.first_chunk(stream))
             await asyncio.sleep(0.2)
             assert not waiting.done()  # the engine is there: it waits
-            started = time.monotonic()
+            gone_at = time.monotonic()
             statuses.engines = 0
             with pytest.raises(EngineOverloadedError) as info:
                 await waiting
-            return stream, info.value, time.monotonic() - started
-        finally:
-            status.stop()
+            return stream, info.value, time.monotonic() - gone_at
 
     stream, error, elapsed = asyncio.run(main())
     assert error.code == "engine_unavailable" and error.status_code == 503
@@ -191,14 +184,10 @@ def test_a_request_waiting_when_the_last_engine_goes_is_withdrawn():
 
 def test_a_waiting_request_gets_its_first_chunk_while_an_engine_runs():
     async def main():
-        status = ReplicaStatus("pixtral", timeout_s=5, status=Statuses(engines=1), period_s=0.05)
-        await status.start()
-        try:
+        async with started(Statuses(engines=1), period_s=0.05) as status:
             stream = WaitingStream()
             asyncio.get_running_loop().call_later(0.2, stream.release.set)
             return await status.first_chunk(stream), stream
-        finally:
-            status.stop()
 
     first, stream = asyncio.run(main())
     assert first == "first chunk" and not stream.cancelled
