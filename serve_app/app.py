@@ -11,6 +11,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
+from serve_app.autoscaling import PendingWorkPolicy
 from serve_app.config import AppConfig, DeploymentConfig
 from serve_app.deployments.image_pool import ImagePool
 from serve_app.deployments.ingress import OpenAIIngress
@@ -30,6 +31,15 @@ def _common_options(deployment: DeploymentConfig) -> dict[str, Any]:
     }
 
 
+def _router(deployment: str, **kwargs: Any) -> dict[str, Any]:
+    """Our request router on a deployment: it also tells the ingress which replicas are routable
+    and where each request went (``serve_app.routing.replica_set``)."""
+    return {
+        "request_router_class": CacheAffinityRouter,
+        "request_router_kwargs": {"deployment": deployment, **kwargs},
+    }
+
+
 def llm_options(config: AppConfig) -> dict[str, Any]:
     llm = config.llm
     actor: dict[str, Any] = {"num_cpus": llm.num_cpus}
@@ -40,11 +50,16 @@ def llm_options(config: AppConfig) -> dict[str, Any]:
         "ray_actor_options": actor,
         "health_check_period_s": llm.health_check_period_s,
         "health_check_timeout_s": 60,
+        # Keyless requests (pow2) get Serve's power of two choices from the same router.
+        "request_router_config": _router(PixtralServer.name, busy_at=llm.busy_ongoing_requests()),
     }
-    if llm.routing.policy == "affinity":
-        options["request_router_config"] = {
-            "request_router_class": CacheAffinityRouter,
-            "request_router_kwargs": {"busy_at": llm.busy_ongoing_requests()},
+    if llm.target_pending_s is not None:
+        options["autoscaling_config"] = {
+            **options["autoscaling_config"],
+            "policy": {
+                "policy_function": f"{PendingWorkPolicy.__module__}:{PendingWorkPolicy.__name__}",
+                "policy_kwargs": {"target_pending_s": llm.target_pending_s},
+            },
         }
     if llm.accelerator == "gpu":
         tp = config.engine.tensor_parallel_size
@@ -67,6 +82,7 @@ def build_pipeline(config: AppConfig, engine_factory: EngineFactory = vllm_engin
     pool = ImagePool.options(
         **_common_options(config.image_pool),
         ray_actor_options={"num_cpus": config.image_pool.num_cpus},
+        request_router_config=_router(ImagePool.name),
     ).bind(config.image_pool, grid)
     llm = PixtralServer.options(**llm_options(config)).bind(config, engine_factory)
     return OpenAIIngress.options(

@@ -230,6 +230,10 @@ class EngineConfig(_Strict):
         description="Further AsyncEngineArgs passed through unchanged (checked against vLLM's own fields).",
     )
 
+    def prefix_caching(self) -> bool:
+        """Whether the engine keeps a prefix cache (vLLM's default: on)."""
+        return bool(self.extra.get("enable_prefix_caching", True))
+
 
 class AdmissionConfig(_Strict):
     """Cost-aware admission in each LLM replica, after the pool (prompt tokens are known by then).
@@ -325,6 +329,20 @@ class LLMDeploymentConfig(DeploymentConfig):
         gt=0,
         description="Deadline of building the engine (weights loaded, workers up); past it the replica "
         "fails and Ray Serve replaces it.",
+    )
+    expected_start_s: float = Field(
+        90.0,
+        gt=0,
+        description="Retry-After of the 503 while no engine replica runs, until an outage has been "
+        "seen: then the length of the last one (what a replacement took) less what has passed.",
+    )
+    target_pending_s: float | None = Field(
+        10.0,
+        gt=0,
+        description="Autoscaling on work: replicas are added while the replicas hold more than this many "
+        "seconds of estimated engine work each (admission's ledger; serve_app/autoscaling.py), or more "
+        "than autoscaling.target_ongoing_requests, whichever asks for more. Keep it below "
+        "admission.max_pending_s, so the fleet grows before it sheds. null: ongoing requests only.",
     )
     env: dict[str, str] = Field(default_factory=dict, description="Environment for the replica (runtime_env).")
     routing: LLMRoutingConfig = Field(

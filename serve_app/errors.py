@@ -22,7 +22,9 @@ decides an HTTP status.
     │   └── TooManyImagesError             400
     ├── AuthenticationError                401
     ├── ServerOverloadedError              429 server_overloaded (a queue is full, or the
-    │                                          engine holds more work than admission allows)
+    │   │                                      engine holds more work than admission allows)
+    │   └── AdmissionRefusedError          429 (one LLM replica's admission: the ingress first
+    │                                          tries the replicas that have not refused)
     └── EngineError                        500 (the engine failed this request)
         └── EngineOverloadedError          503 (engine restarting, replica unavailable)
 
@@ -176,6 +178,10 @@ class ServerOverloadedError(PixtralServeError):
     default_retry_after_s = 1.0
 
 
+class AdmissionRefusedError(ServerOverloadedError):
+    """One LLM replica's admission refused the request; another replica may still take it."""
+
+
 class EngineError(PixtralServeError):
     status_code = 500
     error_type = "server_error"
@@ -191,6 +197,7 @@ class EngineOverloadedError(EngineError):
 
 
 __all__ = [
+    "AdmissionRefusedError",
     "AuthenticationError",
     "EngineError",
     "EngineOverloadedError",

@@ -27,6 +27,7 @@ from serve_app.api.models import (
 from serve_app.config import AppConfig, IngressConfig, is_loopback_host
 from serve_app.deployments.replica_status import ReplicaStatus
 from serve_app.errors import (
+    AdmissionRefusedError,
     AuthenticationError,
     ImageError,
     InvalidRequestError,
@@ -35,6 +36,8 @@ from serve_app.errors import (
     UnknownModelError,
 )
 from serve_app.routing import affinity_key
+from serve_app.routing.replica_set import REPLICA_SETS
+from serve_app.routing.request_router import RoutingTag
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +109,9 @@ def _replica_header(first: Any) -> dict[str, str]:
 class OpenAIIngress:
     async def __init__(self, config: AppConfig, image_pool: DeploymentHandle, llm: DeploymentHandle):
         self._config = config
-        self._pool = image_pool
+        # options() starts each handle's router now (not at the first request), so the
+        # routers learn the routable replicas, which /ready and the door answer from, at once.
+        self._pool = image_pool.options()
         self._llm_stream = llm.options(stream=True)  # one handle, not one per request
         self._routing = config.llm.routing
         self._api_keys = config.ingress.resolved_api_keys()
@@ -116,10 +121,9 @@ class OpenAIIngress:
         self._created = int(time.time())
         self._replicas = ReplicaStatus(
             self._app_name,
-            timeout_s=config.ingress.ready_timeout_s,
             gate_engine=config.llm.autoscaling.min_replicas > 0,  # scaling from zero needs the queue
+            expected_start_s=config.llm.expected_start_s,
         )
-        await self._replicas.start()
 
     def _authenticate(self, request: Request) -> None:
         if not self._keys_required:
@@ -138,10 +142,10 @@ class OpenAIIngress:
 
     @app.get("/ready")
     async def ready(self) -> JSONResponse:
-        """Ready when the engine and the image pool each have a running replica, as Serve's
-        controller sees them (it health-checks every engine replica itself). Answers from the
-        latest background lookup, never the replicas, so it does not wait behind generations;
-        503 when no lookup has answered within ready_timeout_s."""
+        """Ready when the engine and the image pool each have a routable (RUNNING) replica, as
+        this replica's routers know them from Serve's controller (which health-checks every
+        engine replica itself). Never calls the replicas or the controller, so it does not wait
+        behind generations."""
         status, body = self._replicas.readiness()
         return JSONResponse(body, status_code=status)
 
@@ -168,7 +172,7 @@ class OpenAIIngress:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         request.state.request_id = request_id
         self._authenticate(request)
-        await self._replicas.refuse_while_no_engine()
+        self._replicas.refuse_while_no_engine()
         chat = await self._parse(request)
         images = await self._prepare_images(chat)
         sampling = {
@@ -180,21 +184,11 @@ class OpenAIIngress:
             "ignore_eos": chat.ignore_eos,
         }
         messages = chat.plain_messages()
-        llm = self._llm_stream
+        key = ""
         if self._routing.policy == "affinity":
-            # Serve's stickiness slot carries the key to CacheAffinityRouter (serve_app/routing).
             image_ids = [image.content_id for image in images]
             key = affinity_key(messages, image_ids, prefix_chars=self._routing.prefix_chars)
-            llm = llm.options(session_id=key)
-        stream = llm.generate.remote(messages, images, sampling, request_id)
-        # The first chunk comes before any byte is sent, so prompt and engine errors
-        # still get their own status code.
-        try:
-            first = await self._replicas.first_chunk(stream)
-        except StopAsyncIteration:
-            raise PixtralServeError(f"the engine returned no output (request id {request_id})")
-        except Exception as exc:
-            raise unwrap(exc) from exc
+        stream, first = await self._first_chunk(request_id, key, messages, images, sampling)
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
             return StreamingResponse(
@@ -221,6 +215,36 @@ class OpenAIIngress:
             body["prompt_token_ids"] = first.prompt_token_ids
             body["choices"][0]["token_ids"] = token_ids
         return JSONResponse(body, headers=_replica_header(first))
+
+    async def _first_chunk(
+        self, request_id: str, key: str, messages: list[dict[str, Any]], images: list[Any], sampling: dict[str, Any]
+    ) -> tuple[Any, Any]:
+        """The LLM's stream and its first chunk, which comes before any byte is sent, so prompt
+        and engine errors still get their own status code. A replica whose admission refuses
+        the request hands it on: the router tries the replicas that have not refused it, and
+        the client gets 429 only once every routable replica has."""
+        placement = REPLICA_SETS.track(request_id)
+        refusals: list[AdmissionRefusedError] = []
+        try:
+            while True:
+                tag = RoutingTag(request_id=request_id, key=key, avoid=frozenset(placement.replicas))
+                stream = self._llm_stream.options(session_id=tag.encode()).generate.remote(
+                    messages, images, sampling, request_id
+                )
+                try:
+                    return stream, await self._replicas.first_chunk(stream, placement)
+                except StopAsyncIteration:
+                    raise PixtralServeError(f"the engine returned no output (request id {request_id})")
+                except Exception as exc:
+                    error = unwrap(exc)
+                    if not isinstance(error, AdmissionRefusedError):
+                        raise error from exc
+                    refusals.append(error)
+                    routable = self._replicas.engine_replicas() or frozenset()
+                    if routable <= set(placement.replicas):  # every replica has said no
+                        raise min(refusals, key=lambda refusal: refusal.retry_after_s or 0) from None
+        finally:
+            REPLICA_SETS.forget(request_id)
 
     async def _parse(self, request: Request) -> ChatCompletionRequest:
         limit = self._config.ingress.max_request_bytes

@@ -13,7 +13,7 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 
 from serve_app.config import AppConfig
-from serve_app.engine.admission import WorkLedger
+from serve_app.engine.admission import PrefixCacheEstimate, WorkLedger
 from serve_app.engine.prompt import PixtralPromptBuilder
 from serve_app.engine.protocol import Engine, GenerationChunk, SamplingSettings
 from serve_app.engine.stream import coalesce
@@ -53,6 +53,11 @@ class PixtralServer:
         self._engine = engine_factory(config)
         await self._engine.start(config.llm.engine_start_timeout_s)
         self._ledger = WorkLedger(config.llm.admission)
+        self._cache_estimate = (
+            PrefixCacheEstimate(self._prompts.image_tokens, self._prompts.image_end)
+            if config.engine.prefix_caching()
+            else None
+        )
         self._engine_dead: str | None = None
         self._watchdog = asyncio.create_task(self._watch_engine())
 
@@ -87,7 +92,12 @@ class PixtralServer:
         settings = SamplingSettings(
             **{**sampling, "max_tokens": requested or min(self._config.default_max_tokens, room)}
         )
-        ticket = self._ledger.admit(len(prompt.token_ids), settings.max_tokens)
+        # Admission charges only the prefill the engine's prefix cache will not answer.
+        cache = self._cache_estimate
+        lookup = cache.lookup(prompt.token_ids, prompt.image_ids) if cache else None
+        ticket = self._ledger.admit(len(prompt.token_ids) - (lookup.cached_tokens if lookup else 0), settings.max_tokens)
+        if lookup:
+            cache.remember(lookup)
         chunks = self._engine.generate(prompt, settings, request_id)
         try:
             # Closed at once, not when collected, when the client goes away: coalesce then
@@ -107,6 +117,11 @@ class PixtralServer:
         if self._engine_dead is not None:
             raise EngineOverloadedError(f"the engine is dead: {self._engine_dead}")
         await self._engine.check_health()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics: the estimated seconds of work this replica holds
+        (``serve_app.autoscaling.PendingWorkPolicy`` scales on them)."""
+        return {"pending_s": self._ledger.pending_s()}
 
     async def load(self) -> dict[str, float]:
         """What this replica holds: admitted requests, their estimated seconds, the engine's own count."""

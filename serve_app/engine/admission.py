@@ -15,8 +15,13 @@ the prompt, ``Ticket.progress`` per streamed chunk and ``Ticket.release`` at the
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
 from serve_app.config import AdmissionConfig
-from serve_app.errors import ServerOverloadedError
+from serve_app.errors import AdmissionRefusedError
 
 
 class Ticket:
@@ -79,7 +84,7 @@ class WorkLedger:
         pending = self.pending_s()
         if limit is not None and pending > limit:
             excess = pending - limit
-            raise ServerOverloadedError(
+            raise AdmissionRefusedError(
                 f"the engine holds {pending:.0f} s of queued work (limit {limit:g} s); retry the request later",
                 retry_after_s=min(self._config.max_retry_after_s, max(1.0, excess)),
             )
@@ -91,3 +96,72 @@ class WorkLedger:
     def _adjust(self, prefill_delta: int, decode_delta: int) -> None:
         self._prefill_tokens += prefill_delta
         self._decode_tokens += decode_delta
+
+
+class PrefixCacheEstimate:
+    """How much of a prompt this replica's engine has most likely cached already.
+
+    vLLM's prefix cache keys each full block of ``block_tokens`` prompt tokens by a hash
+    chained over every block before it plus the content hashes of the images whose tokens
+    the block holds (the pool's content ids, passed as ``multi_modal_uuids``). This keeps
+    the same chain for the prompts this replica admitted, in an LRU of ``capacity_blocks``,
+    so a resent conversation is charged only its new tokens. An estimate: the engine may
+    have evicted what is remembered here (then the request is under-charged until its first
+    token, when the ticket drops its prefill anyway).
+    """
+
+    def __init__(
+        self, image_tokens: Sequence[int], image_end: int, *, block_tokens: int = 16, capacity_blocks: int = 32768
+    ):
+        """``image_tokens``: the ids of an image's token run ([IMG], [IMG_BREAK], [IMG_END]);
+        ``image_end``: the one that closes a run."""
+        self._image_tokens = frozenset(image_tokens)
+        self._image_end = image_end
+        self._block = block_tokens
+        self._capacity = capacity_blocks
+        self._blocks: OrderedDict[bytes, None] = OrderedDict()
+
+    def _chain(self, token_ids: Sequence[int], image_ids: Sequence[str]) -> list[bytes]:
+        hashes: list[bytes] = []
+        parent = b""
+        image = 0
+        touched: list[str] = []
+        for start in range(0, len(token_ids) - self._block + 1, self._block):
+            block = token_ids[start : start + self._block]
+            touched.clear()
+            for token in block:
+                if token in self._image_tokens:
+                    if image < len(image_ids) and (not touched or touched[-1] != image_ids[image]):
+                        touched.append(image_ids[image])
+                    if token == self._image_end:
+                        image += 1
+            digest = hashlib.blake2b(parent, digest_size=16)
+            digest.update(",".join(map(str, block)).encode())
+            digest.update("|".join(touched).encode())
+            parent = digest.digest()
+            hashes.append(parent)
+        return hashes
+
+    def lookup(self, token_ids: Sequence[int], image_ids: Sequence[str]) -> "CacheLookup":
+        """Leading tokens of this prompt that the engine most likely holds (not remembered yet)."""
+        chain = self._chain(token_ids, image_ids)
+        hits = 0
+        for block_hash in chain:
+            if block_hash not in self._blocks:
+                break
+            hits += 1
+        return CacheLookup(cached_tokens=hits * self._block, chain=chain)
+
+    def remember(self, lookup: "CacheLookup") -> None:
+        """The prompt was admitted: the engine will hold its blocks."""
+        for block_hash in lookup.chain:
+            self._blocks[block_hash] = None
+            self._blocks.move_to_end(block_hash)
+        while len(self._blocks) > self._capacity:
+            self._blocks.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class CacheLookup:
+    cached_tokens: int
+    chain: list[bytes]

@@ -124,6 +124,10 @@ class PixtralPromptBuilder:
             raise ValueError(f"{self.tokenizer_file} has no image encoder: not a Pixtral tokenizer")
         instruct.image_encoder = _GridOnlyImageEncoder(encoder.image_config, encoder.special_ids)
         self.grid = _grid_from(encoder)
+        special = encoder.special_ids
+        # An image's token run: [IMG] and [IMG_BREAK] tokens, closed by [IMG_END].
+        self.image_tokens = (special.img, special.img_break, special.img_end)
+        self.image_end = special.img_end
 
     @property
     def vocab_size(self) -> int:

@@ -1,30 +1,79 @@
 """CacheAffinityRouter: Ray Serve's custom request-router API over ``routing.affinity``.
 
 Serve runs one router per DeploymentHandle (here: in each OpenAIIngress replica, for the
-PixtralServer handle). The ingress puts the request's affinity key in the handle's
-``session_id``, the slot Serve keeps for stickiness, so ``PixtralServer.generate`` keeps
-its signature. Set on the LLM deployment through ``request_router_config`` (``app.py``).
+PixtralServer and ImagePool handles). Besides choosing replicas it tells this process's
+``REPLICA_SETS`` which replicas are routable (Serve pushes every change to it) and where
+each request went, so the ingress knows both without asking the controller.
+
+The ingress puts a ``RoutingTag`` in the handle's ``session_id`` (the slot Serve keeps for
+stickiness, so ``PixtralServer.generate`` keeps its signature): the request's id, its
+affinity key ("" routes by load alone) and the replicas that already refused it.
+Set on the deployments through ``request_router_config`` (``app.py``).
 """
 
 from __future__ import annotations
 
 import random
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import Any, List, Optional
 
-from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from serve_app.routing.affinity import route
+from serve_app.routing.replica_set import REPLICA_SETS
+
+_SEPARATOR = "|"
+
+
+@dataclass(frozen=True)
+class RoutingTag:
+    """What the router needs to know of one request, carried in Serve's ``session_id``."""
+
+    request_id: str = ""
+    key: str = ""
+    avoid: frozenset[str] = frozenset()
+
+    def encode(self) -> str:
+        return _SEPARATOR.join((self.request_id, self.key, ",".join(sorted(self.avoid))))
+
+    @classmethod
+    def decode(cls, session_id: str | None) -> "RoutingTag":
+        parts = (session_id or "").split(_SEPARATOR)
+        if len(parts) != 3:
+            return cls()
+        request_id, key, avoid = parts
+        return cls(request_id, key, frozenset(filter(None, avoid.split(","))))
 
 
 class CacheAffinityRouter(RequestRouter):
-    """Rendezvous-hash on the request's affinity key; power of two choices when busy."""
+    """Rendezvous-hash on the request's affinity key; power of two choices when busy or keyless."""
 
-    def initialize_state(self, busy_at: int = 64, seed: int | None = None) -> None:
-        """``busy_at``: ongoing requests at which the preferred replica may hand a request on."""
+    def initialize_state(self, deployment: str = "", busy_at: int = 64, seed: int | None = None) -> None:
+        """``deployment``: the name under which this router reports its replicas (``REPLICA_SETS``);
+        ``busy_at``: ongoing requests at which the preferred replica may hand a request on."""
         if busy_at < 1:
             raise ValueError(f"busy_at must be >= 1, got {busy_at}")
+        self._deployment = deployment
         self._busy_at = busy_at
         self._rng = random.Random(seed)
+
+    def _publish(self) -> None:
+        if self._deployment:
+            ids = frozenset(replica_id.unique_id for replica_id in self.curr_replicas)
+            REPLICA_SETS.publish(self.app_name, self._deployment, ids)
+
+    def update_replicas(self, replicas: List[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        self._publish()
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self._publish()
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
+        tag = RoutingTag.decode(pending_request.metadata.session_id)
+        if tag.request_id:
+            REPLICA_SETS.routed(tag.request_id, replica_id.unique_id)
 
     async def choose_replicas(
         self,
@@ -33,16 +82,22 @@ class CacheAffinityRouter(RequestRouter):
     ) -> List[List[RunningReplica]]:
         if not candidate_replicas:
             return []
+        tag = RoutingTag.decode(pending_request.metadata.session_id if pending_request is not None else "")
+        # Replicas that already refused this request (admission) are tried last, not never:
+        # the ingress decides when to stop.
+        fresh = [r for r in candidate_replicas if r.replica_id.unique_id not in tag.avoid]
+        refused = [r for r in candidate_replicas if r.replica_id.unique_id in tag.avoid]
         if pending_request is not None:
             # Every rank is returned at once: back off between rounds instead of spinning.
             pending_request.routing_context.should_backoff = True
-        key = pending_request.metadata.session_id if pending_request is not None else ""
-        if not key:  # a call without a key (health checks): Serve's default policy
-            return [self._rng.sample(candidate_replicas, min(2, len(candidate_replicas)))]
-        by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
+        if not fresh:
+            return [refused]
+        if not tag.key:  # no key (load only, or Serve's own calls): power of two choices
+            return [self._rng.sample(fresh, min(2, len(fresh))), *([refused] if refused else [])]
+        by_id = {replica.replica_id.unique_id: replica for replica in fresh}
         cache = self.replica_queue_len_cache
         lens = {name: cache.get(replica.replica_id) for name, replica in by_id.items()}
-        decision = route(key, lens, busy_at=self._busy_at, rng=self._rng)
+        decision = route(tag.key, lens, busy_at=self._busy_at, rng=self._rng)
         preferred_len = lens[decision.preferred]
         unknown = [by_id[name] for name, length in lens.items() if length is None]
         if not decision.fell_back and preferred_len is not None and preferred_len >= self._busy_at and unknown:
@@ -51,5 +106,5 @@ class CacheAffinityRouter(RequestRouter):
             # the cache first.
             for replica, length in await self._probe_queue_lens(unknown, 0):
                 lens[replica.replica_id.unique_id] = length
-            decision = route(key, lens, busy_at=self._busy_at, rng=self._rng)
-        return [[by_id[name]] for name in decision.order]
+            decision = route(tag.key, lens, busy_at=self._busy_at, rng=self._rng)
+        return [[by_id[name]] for name in decision.order] + ([refused] if refused else [])

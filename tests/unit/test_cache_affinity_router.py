@@ -13,7 +13,8 @@ from ray.serve._private.common import DeploymentHandleSource, DeploymentID, Repl
 from ray.serve.request_router import PendingRequest
 
 from serve_app.routing import rendezvous_order
-from serve_app.routing.request_router import CacheAffinityRouter
+from serve_app.routing.replica_set import REPLICA_SETS
+from serve_app.routing.request_router import CacheAffinityRouter, RoutingTag
 
 DEPLOYMENT = DeploymentID(name="PixtralServer", app_name="pixtral")
 
@@ -32,9 +33,11 @@ class FakeReplica:
         return self.queue_len
 
 
-def request(session_id: str) -> PendingRequest:
+def request(key: str, *, request_id: str = "r", avoid: tuple[str, ...] = ()) -> PendingRequest:
+    """A pending request carrying the ingress's routing tag (request id, affinity key, refusals)."""
+    tag = RoutingTag(request_id=request_id, key=key, avoid=frozenset(avoid))
     return PendingRequest(
-        args=[], kwargs={}, metadata=RequestMetadata(request_id="r", internal_request_id="r", session_id=session_id)
+        args=[], kwargs={}, metadata=RequestMetadata(request_id="r", internal_request_id="r", session_id=tag.encode())
     )
 
 
@@ -42,7 +45,7 @@ async def router_with(replicas: list[FakeReplica], busy_at: int = 4) -> CacheAff
     router = CacheAffinityRouter(
         deployment_id=DEPLOYMENT, handle_source=DeploymentHandleSource.UNKNOWN, use_replica_queue_len_cache=True
     )
-    router.initialize_state(busy_at=busy_at, seed=0)
+    router.initialize_state(deployment="PixtralServer", busy_at=busy_at, seed=0)
     router.update_replicas(replicas)
     await asyncio.sleep(0.05)  # the base class probes new replicas in the background
     return router
@@ -118,3 +121,44 @@ def test_busy_bound_must_be_positive():
 
     with pytest.raises(ValueError, match="busy_at"):
         run(scenario())
+
+
+def test_replicas_that_refused_the_request_are_tried_last():
+    async def scenario():
+        order = rendezvous_order("k", ["aaaa", "bbbb", "cccc"])
+        replicas = [FakeReplica(name) for name in order]
+        router = await router_with(replicas)
+        with_key = names(await router.choose_replicas(replicas, request("k", avoid=(order[0],))))
+        keyless = names(await router.choose_replicas(replicas, request("", avoid=(order[0], order[1]))))
+        everyone = names(await router.choose_replicas(replicas, request("k", avoid=tuple(order))))
+        return order, with_key, keyless, everyone
+
+    order, with_key, keyless, everyone = run(scenario())
+    assert with_key == [[order[1]], [order[2]], [order[0]]]
+    assert keyless == [[order[2]], [order[0], order[1]]]
+    assert sorted(everyone[0]) == sorted(order)  # all refused: still routed (the ingress decides to stop)
+
+
+def test_the_router_reports_routable_replicas_and_where_requests_went():
+    async def scenario():
+        replicas = [FakeReplica(name) for name in ("aaaa", "bbbb")]
+        router = await router_with(replicas)
+        seen = [REPLICA_SETS.replicas("pixtral", "PixtralServer")]
+        placement = REPLICA_SETS.track("req-1")
+        router.on_request_routed(request("k", request_id="req-1"), replicas[1].replica_id, None)
+        router.on_replica_actor_died(replicas[0].replica_id)
+        seen.append(REPLICA_SETS.replicas("pixtral", "PixtralServer"))
+        router.update_replicas([])
+        seen.append(REPLICA_SETS.replicas("pixtral", "PixtralServer"))
+        REPLICA_SETS.forget("req-1")
+        return seen, placement
+
+    seen, placement = run(scenario())
+    assert seen == [frozenset({"aaaa", "bbbb"}), frozenset({"bbbb"}), frozenset()]
+    assert placement.routed and placement.replicas == ["bbbb"]
+
+
+def test_routing_tags_survive_the_session_id_and_anything_else_is_keyless():
+    tag = RoutingTag(request_id="chatcmpl-1", key="abc", avoid=frozenset({"r1", "r2"}))
+    assert RoutingTag.decode(tag.encode()) == tag
+    assert RoutingTag.decode("") == RoutingTag() and RoutingTag.decode("some|thing") == RoutingTag()

@@ -193,17 +193,33 @@ def test_llm_replicas_use_the_cache_affinity_router_by_default():
     router = llm_options(config)["request_router_config"]
     assert router["request_router_class"] is CacheAffinityRouter
     # Busy at the autoscaling target unless set.
-    assert router["request_router_kwargs"] == {"busy_at": 64}
+    assert router["request_router_kwargs"] == {"deployment": "PixtralServer", "busy_at": 64}
     args["llm"]["routing"] = {"busy_ongoing_requests": 96}
     assert llm_options(AppConfig.model_validate(args))["request_router_config"]["request_router_kwargs"] == {
-        "busy_at": 96
+        "deployment": "PixtralServer", "busy_at": 96
     }
 
 
-def test_pow2_routing_leaves_serve_default_router():
+def test_pow2_routing_keeps_our_router_which_reports_replicas():
+    """pow2 sends no affinity key; the router stays, since the ingress learns the routable
+    replicas from it (serve_app/routing/replica_set.py)."""
+    from serve_app.routing.request_router import CacheAffinityRouter
+
     args = app_args("config.yaml")
     args["llm"]["routing"] = {"policy": "pow2"}
-    assert "request_router_config" not in llm_options(AppConfig.model_validate(args))
+    router = llm_options(AppConfig.model_validate(args))["request_router_config"]
+    assert router["request_router_class"] is CacheAffinityRouter
+
+
+def test_llm_autoscaling_scales_on_pending_work_unless_turned_off():
+    args = app_args("config.yaml")
+    policy = llm_options(AppConfig.model_validate(args))["autoscaling_config"]["policy"]
+    assert policy == {
+        "policy_function": "serve_app.autoscaling:PendingWorkPolicy",
+        "policy_kwargs": {"target_pending_s": 10.0},
+    }
+    args["llm"]["target_pending_s"] = None
+    assert "policy" not in llm_options(AppConfig.model_validate(args))["autoscaling_config"]
 
 
 def test_unknown_routing_policy_is_an_error():
@@ -221,4 +237,8 @@ def test_the_built_app_carries_the_router_to_serve():
     assert llm.name == "PixtralServer"
     router = llm._deployment_config.request_router_config
     assert router.get_request_router_class() is CacheAffinityRouter
-    assert router.request_router_kwargs == {"busy_at": 64}
+    assert router.request_router_kwargs == {"deployment": "PixtralServer", "busy_at": 64}
+    pool = ingress.init_args[1]._bound_deployment
+    assert pool._deployment_config.request_router_config.request_router_kwargs == {"deployment": "ImagePool"}
+    policy = llm._deployment_config.autoscaling_config.policy
+    assert policy.policy_function == "serve_app.autoscaling:PendingWorkPolicy"

@@ -1,89 +1,33 @@
-"""ReplicaStatus: /ready, the refusal at the door and the withdrawal of waiting requests,
-from Serve's own status objects (no Ray cluster: the status lookup is injected)."""
+"""ReplicaStatus: /ready, the refusal at the door and the withdrawal of waiting requests, from
+what the request routers report (``ReplicaSets``, fed here as Serve's pushes would feed it)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
+import random
 import time
 
 import pytest
 
-from serve_app.deployments.replica_status import ReplicaStatus, readiness_of, running_replicas
+from serve_app.deployments.replica_status import ENGINE, POOL, ReplicaStatus
 from serve_app.errors import EngineOverloadedError
+from serve_app.routing.replica_set import ReplicaSets
 
 
-async def readiness(app_name: str, timeout_s: float, status):
-    """/ready's answer from one lookup of ``status``."""
-    return readiness_of(await running_replicas(app_name, timeout_s, status), timeout_s)
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-@contextlib.asynccontextmanager
-async def started(status, *, timeout_s: float = 5, **options):
-    """A ReplicaStatus over ``status`` with its first lookup made and its watch running."""
-    replicas = ReplicaStatus("pixtral", timeout_s=timeout_s, status=status, **options)
-    await replicas.start()
-    try:
-        yield replicas
-    finally:
-        replicas.stop()
-
-
-def serve_status(**running: int):
-    """Ray Serve's own status objects for one app with these RUNNING replica counts."""
-    from ray.serve.schema import ApplicationStatusOverview, DeploymentStatusOverview, ServeStatus
-
-    deployments = {
-        name: DeploymentStatusOverview(status="HEALTHY", status_trigger="CONFIG_UPDATE_COMPLETED",
-                                       replica_states={"RUNNING": count} if count else {}, message="")
-        for name, count in running.items()
-    }
-    app = ApplicationStatusOverview(status="RUNNING", message="", last_deployed_time_s=0.0, deployments=deployments)
-    return ServeStatus(applications={"pixtral": app})
-
-
-def test_ready_needs_a_running_engine_and_pool_replica():
-    def ask(**running):
-        return asyncio.run(readiness("pixtral", 5, lambda: serve_status(**running)))
-
-    assert ask(OpenAIIngress=1, ImagePool=2, PixtralServer=1) == (200, {"status": "ready"})
-    assert ask(OpenAIIngress=1, ImagePool=2, PixtralServer=0) == (
-        503, {"status": "not_ready", "reason": "no running PixtralServer replica"})
-    assert ask(OpenAIIngress=1, PixtralServer=1)[1]["reason"] == "no running ImagePool replica"
-    assert asyncio.run(readiness("other-app", 5, lambda: serve_status(PixtralServer=1)))[0] == 503
-
-
-def test_ready_has_its_own_deadline():
-    stuck = threading.Event()
-
-    async def main():
-        started = time.monotonic()
-        answer = await readiness("pixtral", 0.5, lambda: stuck.wait(30))
-        return answer, time.monotonic() - started
-
-    try:
-        (status, body), elapsed = asyncio.run(main())
-    finally:
-        stuck.set()
-    assert status == 503 and "did not answer within 0.5 s" in body["reason"]
-    assert elapsed < 2
-
-
-class Statuses:
-    """A status callable whose RUNNING engine replicas the test changes; counts its calls."""
-
-    def __init__(self, engines: int):
-        self.engines = engines
-        self.calls = 0
-
-    def __call__(self):
-        self.calls += 1
-        return serve_status(OpenAIIngress=1, ImagePool=1, PixtralServer=self.engines)
+def status_over(sets: ReplicaSets, **options) -> ReplicaStatus:
+    return ReplicaStatus("pixtral", replica_sets=sets, rng=random.Random(0), **options)
 
 
 class WaitingStream:
-    """A DeploymentResponseGenerator stand-in whose first chunk comes when released."""
+    """A handle's stream whose first chunk comes when ``release`` is set."""
 
     def __init__(self):
         self.release = asyncio.Event()
@@ -97,97 +41,132 @@ class WaitingStream:
         self.cancelled = True
 
 
-def test_no_engine_replica_is_a_503_with_retry_after_at_the_door():
-    async def main():
-        async with started(Statuses(engines=0), period_s=60) as status:
-            with pytest.raises(EngineOverloadedError) as info:
-                await status.refuse_while_no_engine()
-            return info.value, status.readiness()
+def test_ready_needs_a_routable_engine_and_pool_replica_and_waits_for_the_routers():
+    sets = ReplicaSets()
+    status = status_over(sets)
+    assert status.readiness()[0] == 503  # no router has reported: not ready, and nothing refused
+    assert "from Serve yet" in status.readiness()[1]["reason"]
+    status.refuse_while_no_engine()
+    sets.publish("pixtral", ENGINE, frozenset({"e1"}))
+    sets.publish("pixtral", POOL, frozenset())
+    assert status.readiness() == (503, {"status": "not_ready", "reason": "no running ImagePool replica"})
+    sets.publish("pixtral", POOL, frozenset({"p1", "p2"}))
+    assert status.readiness() == (200, {"status": "ready"})
+    sets.publish("pixtral", ENGINE, frozenset())
+    assert status.readiness()[1]["reason"] == "no running PixtralServer replica"
+    assert status_over(ReplicaSets()).readiness()[0] == 503  # another app's replicas are not ours
 
-    error, ready = asyncio.run(main())
-    assert (error.status_code, error.code) == (503, "engine_unavailable")
-    assert int(error.headers()["Retry-After"]) >= 1
-    assert ready == (503, {"status": "not_ready", "reason": "no running PixtralServer replica"})
+
+def test_no_engine_replica_is_a_503_whose_retry_after_is_what_the_last_outage_took():
+    clock = Clock()
+    sets = ReplicaSets(clock=clock)
+    status = status_over(sets, expected_start_s=90)
+    sets.publish("pixtral", ENGINE, frozenset())
+    with pytest.raises(EngineOverloadedError) as first:
+        status.refuse_while_no_engine()
+    assert (first.value.status_code, first.value.code) == (503, "engine_unavailable")
+    assert 72 <= first.value.retry_after_s <= 108  # no outage seen yet: the expected start, +-20%
+    clock.now += 40
+    sets.publish("pixtral", ENGINE, frozenset({"e1"}))  # that outage lasted 40 s
+    status.refuse_while_no_engine()
+    sets.publish("pixtral", ENGINE, frozenset())
+    clock.now += 10
+    with pytest.raises(EngineOverloadedError) as second:
+        status.refuse_while_no_engine()
+    assert 24 <= second.value.retry_after_s <= 36  # 40 s measured, 10 s gone
+    clock.now += 100
+    with pytest.raises(EngineOverloadedError) as late:
+        status.refuse_while_no_engine()
+    assert 0.8 <= late.value.retry_after_s <= 1.2  # overdue: a second, not zero
+
+
+def test_refused_clients_get_different_retry_afters():
+    sets = ReplicaSets()
+    status = ReplicaStatus("pixtral", replica_sets=sets, expected_start_s=60)
+    sets.publish("pixtral", ENGINE, frozenset())
+    values = set()
+    for _ in range(20):
+        with pytest.raises(EngineOverloadedError) as refused:
+            status.refuse_while_no_engine()
+        values.add(refused.value.headers()["Retry-After"])
+    assert len(values) > 3
 
 
 def test_a_running_engine_or_scaling_from_zero_lets_requests_through():
-    async def main(engines: int, gate_engine: bool):
-        async with started(Statuses(engines), gate_engine=gate_engine, period_s=60) as status:
-            await status.refuse_while_no_engine()
-            return status.readiness()
+    sets = ReplicaSets()
+    sets.publish("pixtral", ENGINE, frozenset({"e1"}))
+    status_over(sets).refuse_while_no_engine()
+    sets.publish("pixtral", ENGINE, frozenset())
+    status_over(sets, gate_engine=False).refuse_while_no_engine()
+    with pytest.raises(EngineOverloadedError):
+        status_over(sets).refuse_while_no_engine()
 
-    assert asyncio.run(main(engines=1, gate_engine=True)) == (200, {"status": "ready"})
-    assert asyncio.run(main(engines=0, gate_engine=False))[0] == 503  # not ready, yet not refused
 
-
-def test_an_unanswered_status_lets_requests_through():
-    stuck = threading.Event()
-
+def test_a_request_not_yet_routed_when_the_last_engine_goes_is_withdrawn_at_once():
     async def main():
-        async with started(lambda: stuck.wait(30), timeout_s=0.2, period_s=60) as status:
-            await status.refuse_while_no_engine()
-            return status.readiness()
-
-    try:
-        code, body = asyncio.run(main())
-    finally:
-        stuck.set()
-    assert code == 503 and "did not answer" in body["reason"]
-
-
-def test_a_refusal_rests_on_a_fresh_lookup():
-    """The background lookup said no engine; by the time a request comes the engine is up:
-    the request looks again (the lookup is older than 0.2 s) and goes through."""
-    statuses = Statuses(engines=0)
-
-    async def main():
-        async with started(statuses, period_s=60) as status:
-            statuses.engines = 1
-            await asyncio.sleep(0.3)
-            await status.refuse_while_no_engine()
-
-    asyncio.run(main())
-    assert statuses.calls == 2
-
-
-def test_concurrent_lookups_are_one():
-    statuses = Statuses(engines=1)
-
-    async def main():
-        status = ReplicaStatus("pixtral", timeout_s=5, status=lambda: (time.sleep(0.2), statuses())[1], period_s=60)
-        await asyncio.gather(*(status.refresh() for _ in range(10)))
-
-    asyncio.run(main())
-    assert statuses.calls == 1
-
-
-def test_a_request_waiting_when_the_last_engine_goes_is_withdrawn():
-    statuses = Statuses(engines=1)
-
-    async def main():
-        async with started(statuses, period_s=0.05) as status:
-            stream = WaitingStream()
-            waiting = asyncio.ensure_future(status.first_chunk(stream))
-            await asyncio.sleep(0.2)
-            assert not waiting.done()  # the engine is there: it waits
-            gone_at = time.monotonic()
-            statuses.engines = 0
-            with pytest.raises(EngineOverloadedError) as info:
-                await waiting
-            return stream, info.value, time.monotonic() - gone_at
+        sets = ReplicaSets()
+        sets.publish("pixtral", ENGINE, frozenset({"e1"}))
+        status = status_over(sets)
+        stream = WaitingStream()
+        waiting = asyncio.ensure_future(status.first_chunk(stream, sets.track("req")))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # an engine is there: it waits
+        gone_at = time.monotonic()
+        # Serve's push arrives on the router's own thread.
+        await asyncio.to_thread(sets.publish, "pixtral", ENGINE, frozenset())
+        with pytest.raises(EngineOverloadedError) as info:
+            await waiting
+        return stream, info.value, time.monotonic() - gone_at
 
     stream, error, elapsed = asyncio.run(main())
     assert error.code == "engine_unavailable" and error.status_code == 503
     assert stream.cancelled
-    assert elapsed < 1
+    assert elapsed < 0.5
 
 
-def test_a_waiting_request_gets_its_first_chunk_while_an_engine_runs():
+def test_a_request_routed_to_a_draining_replica_is_never_withdrawn():
     async def main():
-        async with started(Statuses(engines=1), period_s=0.05) as status:
-            stream = WaitingStream()
-            asyncio.get_running_loop().call_later(0.2, stream.release.set)
-            return await status.first_chunk(stream), stream
+        sets = ReplicaSets()
+        sets.publish("pixtral", ENGINE, frozenset({"old"}))
+        status = status_over(sets)
+        stream = WaitingStream()
+        placement = sets.track("req")
+        waiting = asyncio.ensure_future(status.first_chunk(stream, placement))
+        await asyncio.to_thread(sets.routed, "req", "old")
+        await asyncio.to_thread(sets.publish, "pixtral", ENGINE, frozenset())  # "old" is draining
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        stream.release.set()  # the draining replica answers
+        return await waiting, stream
 
     first, stream = asyncio.run(main())
     assert first == "first chunk" and not stream.cancelled
+
+
+def test_engines_back_after_an_outage_serve_waiting_requests():
+    async def main():
+        sets = ReplicaSets()
+        sets.publish("pixtral", ENGINE, frozenset())
+        sets.publish("pixtral", ENGINE, frozenset({"new"}))  # the outage is over
+        status = status_over(sets)
+        stream = WaitingStream()
+        asyncio.get_running_loop().call_later(0.2, stream.release.set)
+        return await status.first_chunk(stream, sets.track("req")), stream
+
+    first, stream = asyncio.run(main())
+    assert first == "first chunk" and not stream.cancelled
+
+
+def test_a_client_that_goes_away_cancels_its_stream():
+    async def main():
+        sets = ReplicaSets()
+        sets.publish("pixtral", ENGINE, frozenset({"e1"}))
+        stream = WaitingStream()
+        waiting = asyncio.ensure_future(status_over(sets).first_chunk(stream, sets.track("req")))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return stream
+
+    assert asyncio.run(main()).cancelled
