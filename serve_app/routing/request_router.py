@@ -2,13 +2,16 @@
 
 Serve runs one router per DeploymentHandle (here: in each OpenAIIngress replica, for the
 PixtralServer and ImagePool handles). Besides choosing replicas it tells this process's
-``REPLICA_SETS`` which replicas are routable (Serve pushes every change to it) and where
+``replica_set.REPLICA_SETS`` which replicas are routable (Serve pushes every change to it) and where
 each request went, so the ingress knows both without asking the controller.
 
 The ingress puts a ``RoutingTag`` in the handle's ``session_id`` (the slot Serve keeps for
 stickiness, so ``PixtralServer.generate`` keeps its signature): the request's id, its
 affinity key ("" routes by load alone) and the replicas that already refused it.
-Set on the deployments through ``request_router_config`` (``app.py``).
+Set on the deployments through ``request_router_config`` (``app.py``). Serve pickles this
+module by value into every handle's process, so the registry is reached through its own module
+(``replica_set.REPLICA_SETS``, imported there), never bound to a name here: a name bound here
+would be a copy that the ingress never reads.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from typing import Any, List, Optional
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
+from serve_app.routing import replica_set
 from serve_app.routing.affinity import route
-from serve_app.routing.replica_set import REPLICA_SETS
 
 _SEPARATOR = "|"
 
@@ -60,7 +63,7 @@ class CacheAffinityRouter(RequestRouter):
     def _publish(self) -> None:
         if self._deployment:
             ids = frozenset(replica_id.unique_id for replica_id in self.curr_replicas)
-            REPLICA_SETS.publish(self.app_name, self._deployment, ids)
+            replica_set.REPLICA_SETS.publish(self.app_name, self._deployment, ids)
 
     def update_replicas(self, replicas: List[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -73,7 +76,7 @@ class CacheAffinityRouter(RequestRouter):
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         tag = RoutingTag.decode(pending_request.metadata.session_id)
         if tag.request_id:
-            REPLICA_SETS.routed(tag.request_id, replica_id.unique_id)
+            replica_set.REPLICA_SETS.routed(tag.request_id, replica_id.unique_id)
 
     async def choose_replicas(
         self,

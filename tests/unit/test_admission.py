@@ -89,3 +89,67 @@ def test_admission_off_admits_everything():
     for _ in range(100):
         work.admit(prompt_tokens=100_000, max_tokens=1000)
     assert work.requests == 100
+
+
+# Pixtral's image tokens in these prompts: [IMG]=10, [IMG_BREAK]=12, [IMG_END]=13.
+IMG, BREAK, END = 10, 12, 13
+
+
+def image_run(rows: int = 4, cols: int = 7) -> list[int]:
+    run = ([IMG] * cols + [BREAK]) * rows
+    run[-1] = END
+    return run
+
+
+def prompt(text: list[int], *images_then_text: list[int]) -> list[int]:
+    tokens = list(text)
+    for part in images_then_text:
+        tokens += part
+    return tokens
+
+
+def estimate(**options):
+    from serve_app.engine.admission import PrefixCacheEstimate
+
+    return PrefixCacheEstimate((IMG, BREAK, END), END, block_tokens=16, **options)
+
+
+def test_a_resent_conversation_is_charged_only_its_new_blocks():
+    cache = estimate()
+    turn1 = prompt(list(range(1000, 1040)), image_run(), list(range(2000, 2030)))  # 102 tokens
+    first = cache.lookup(turn1, ["cat"])
+    assert first.cached_tokens == 0
+    cache.remember(first)
+    turn2 = turn1 + list(range(3000, 3050))  # the same opening, then a new turn
+    assert cache.lookup(turn2, ["cat"]).cached_tokens == (len(turn1) // 16) * 16
+
+
+def test_another_image_of_the_same_size_is_not_a_hit_past_the_text_before_it():
+    cache = estimate()
+    text = list(range(1000, 1040))  # 2 full blocks of text, then the image starts in block 3
+    cache.remember(cache.lookup(prompt(text, image_run(), [5] * 20), ["cat"]))
+    other = cache.lookup(prompt(text, image_run(), [5] * 20), ["dog"])
+    assert other.cached_tokens == 32  # same token ids, other content: only the text before it
+
+
+def test_a_lookup_alone_remembers_nothing_and_the_lru_forgets_the_oldest():
+    cache = estimate(capacity_blocks=4)
+    a, b = list(range(100, 164)), list(range(500, 564))  # 4 blocks each
+    cache.lookup(a, [])
+    assert cache.lookup(a, []).cached_tokens == 0  # a refused request is not cached anywhere
+    cache.remember(cache.lookup(a, []))
+    assert cache.lookup(a, []).cached_tokens == 64
+    cache.remember(cache.lookup(b, []))
+    assert cache.lookup(a, []).cached_tokens == 0 and cache.lookup(b, []).cached_tokens == 64
+
+
+def test_admission_refusal_is_its_own_overload_class():
+    from serve_app.errors import AdmissionRefusedError
+
+    work = ledger(max_pending_s=1.0)
+    work.admit(prompt_tokens=5000, max_tokens=10)
+    with pytest.raises(AdmissionRefusedError) as info:
+        work.admit(prompt_tokens=10, max_tokens=10)
+    restored = pickle.loads(pickle.dumps(info.value))  # crosses the handle as itself
+    assert type(restored) is AdmissionRefusedError and restored.status_code == 429
+    assert restored.code == "server_overloaded"

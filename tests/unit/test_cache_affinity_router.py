@@ -162,3 +162,44 @@ def test_routing_tags_survive_the_session_id_and_anything_else_is_keyless():
     tag = RoutingTag(request_id="chatcmpl-1", key="abc", avoid=frozenset({"r1", "r2"}))
     assert RoutingTag.decode(tag.encode()) == tag
     assert RoutingTag.decode("") == RoutingTag() and RoutingTag.decode("some|thing") == RoutingTag()
+
+
+def test_a_router_pickled_by_value_as_serve_ships_it_still_reports_to_that_process(tmp_path):
+    """Serve sends the router class by value (cloudpickle of its whole module) to every handle's
+    process; there the copy must still feed that process's one registry, which the ingress reads."""
+    import subprocess
+    import sys
+
+    from ray.serve.config import RequestRouterConfig
+
+    shipped = tmp_path / "router.pickle"
+    shipped.write_bytes(RequestRouterConfig(request_router_class=CacheAffinityRouter)._serialized_request_router_cls)
+    program = f"""
+import asyncio, pathlib
+from ray import cloudpickle
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID
+router_class = cloudpickle.loads(pathlib.Path({str(shipped)!r}).read_bytes())
+from serve_app.routing.replica_set import REPLICA_SETS
+from serve_app.routing import request_router
+assert router_class is not request_router.CacheAffinityRouter  # a copy, as in a replica
+
+class Replica:
+    def __init__(self, name):
+        self.replica_id = ReplicaID(name, DeploymentID(name="PixtralServer", app_name="pixtral"))
+        self.max_ongoing_requests = 8
+    async def get_queue_len(self, *, deadline_s):
+        return 0
+
+async def main():
+    router = router_class(deployment_id=DeploymentID(name="PixtralServer", app_name="pixtral"),
+                          handle_source=DeploymentHandleSource.UNKNOWN)
+    router.initialize_state(deployment="PixtralServer")
+    router.update_replicas([Replica("zzzz")])
+    await asyncio.sleep(0.05)
+    print(sorted(REPLICA_SETS.replicas("pixtral", "PixtralServer")))
+
+asyncio.run(main())
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "['zzzz']"
