@@ -15,10 +15,10 @@ Pure asyncio bookkeeping, no engine and no Ray: the replica wraps each request's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import AsyncIterator, Callable, TypeVar
 
+from serve_app.engine.stream import close_stream
 from serve_app.errors import EngineOverloadedError
 
 T = TypeVar("T")
@@ -85,13 +85,5 @@ class StallWatch:
                 self.progressed()
                 yield chunk
         finally:
-            if read is not None:
-                read.cancel()
-                with contextlib.suppress(BaseException):
-                    await read
-            closer = getattr(source, "aclose", None)
-            if closer is not None:
-                # Closing aborts the engine request; a stuck engine may never confirm it.
-                bound = None if self.reason is None else 1.0
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(closer(), bound)
+            # Closing aborts the engine request; a stuck engine may never confirm it.
+            await close_stream(source, read, None if self.reason is None else 1.0)
