@@ -324,6 +324,16 @@ class LLMDeploymentConfig(DeploymentConfig):
     engine_watchdog_period_s: float = Field(
         0.5, gt=0, description="How often the replica asks its engine whether it is still alive."
     )
+    engine_stall_s: float | None = Field(
+        30.0,
+        gt=0,
+        description="Hung-engine detection: when the engine holds unfinished requests and for this many "
+        "seconds no request received output and the engine reported no step (a stuck CUDA/NCCL call, a "
+        "stopped engine process), the replica counts its engine as dead: requests get 503 + Retry-After, "
+        "check_health fails and the replica ends itself so Serve replaces it. Keep it above the longest "
+        "single engine step (a chunked prefill step, the image encoder of a full prompt) at full load; "
+        "null turns it off.",
+    )
     engine_start_timeout_s: float = Field(
         1800.0,
         gt=0,

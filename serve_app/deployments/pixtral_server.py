@@ -16,6 +16,7 @@ from serve_app.config import AppConfig
 from serve_app.engine.admission import PrefixCacheEstimate, WorkLedger
 from serve_app.engine.prompt import PixtralPromptBuilder
 from serve_app.engine.protocol import Engine, GenerationChunk, SamplingSettings
+from serve_app.engine.stall import StallWatch
 from serve_app.engine.stream import coalesce
 from serve_app.engine.system_prompt import DefaultSystemPrompt
 from serve_app.errors import EngineOverloadedError, InvalidRequestError
@@ -59,6 +60,7 @@ class PixtralServer:
             else None
         )
         self._engine_dead: str | None = None
+        self._stall = StallWatch(config.llm.engine_stall_s)
         self._watchdog = asyncio.create_task(self._watch_engine())
 
     async def generate(
@@ -102,7 +104,7 @@ class PixtralServer:
         try:
             # Closed at once, not when collected, when the client goes away: coalesce then
             # closes the engine stream, which aborts the engine request.
-            async with aclosing(coalesce(chunks, self._config.llm.stream_interval_s)) as merged:
+            async with aclosing(self._stall.guard(coalesce(chunks, self._config.llm.stream_interval_s))) as merged:
                 first = True
                 async for chunk in merged:
                     ticket.progress(chunk.completion_tokens)
@@ -132,20 +134,26 @@ class PixtralServer:
         }
 
     async def _watch_engine(self) -> None:
-        """Ends the replica as soon as its engine reports itself dead.
+        """Ends the replica as soon as its engine reports itself dead or stops making progress.
 
         Serve's health check needs three failed periods before it replaces a replica;
         a replica whose actor has ended is replaced at once. Requests in flight have
-        already failed with 503 (the engine's own error); new ones get 503 until the
+        already failed with 503 (the engine's own error, or ``StallWatch`` for a stalled
+        engine, which also frees their share of the ledger); new ones get 503 until the
         replica is gone, and Serve routes to the others or the replacement.
         """
         period = self._config.llm.engine_watchdog_period_s
         while self._engine_dead is None:
             await asyncio.sleep(period)
             try:
-                await self._engine.check_health()
+                await asyncio.wait_for(self._engine.check_health(), self._config.llm.engine_stall_s)
             except Exception as exc:  # noqa: BLE001 - any failure of a started engine is fatal
                 self._engine_dead = f"{type(exc).__name__}: {exc}"
+                break
+            stalled = self._stall.check(self._engine.unfinished_requests(), self._engine.last_step_at())
+            if stalled is not None:
+                self._engine_dead = f"engine stalled: {stalled}"
+        self._stall.halt(self._engine_dead)
         logger.error("engine is dead (%s); ending this replica so Serve replaces it", self._engine_dead)
         await asyncio.sleep(period)  # the failing requests' 503s leave first
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)

@@ -49,4 +49,9 @@ class Engine(Protocol):
         """Requests the engine holds (waiting or running)."""
         ...
 
+    def last_step_at(self) -> float | None:
+        """``time.monotonic()`` of the engine's last step (output or not), for hung-engine detection;
+        None when the engine does not report its steps (then streamed chunks alone count)."""
+        ...
+
     def shutdown(self) -> None: ...

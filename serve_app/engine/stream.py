@@ -40,7 +40,7 @@ async def coalesce(chunks: AsyncIterator[GenerationChunk], interval_s: float) ->
             async for chunk in source:
                 yield chunk
         finally:
-            await _close(source)
+            await close_stream(source)
         return
     loop = asyncio.get_running_loop()
     read: asyncio.Task | None = None
@@ -73,16 +73,19 @@ async def coalesce(chunks: AsyncIterator[GenerationChunk], interval_s: float) ->
         if held is not None:
             yield held
     finally:
-        if read is not None:
-            read.cancel()
-            with contextlib.suppress(BaseException):
-                await read
-        await _close(source)
+        await close_stream(source, read)
 
 
-async def _close(source: AsyncIterator[GenerationChunk]) -> None:
-    """Close the engine stream (aborting its request), whatever state it is in."""
+async def close_stream(
+    source: AsyncIterator, read: asyncio.Future | None = None, bound_s: float | None = None
+) -> None:
+    """Cancel a pending ``read`` of ``source``, then close it (aborting the engine request), whatever
+    state it is in; ``bound_s`` caps the wait for an engine that may never confirm the abort."""
+    if read is not None:
+        read.cancel()
+        with contextlib.suppress(BaseException):
+            await read
     closer = getattr(source, "aclose", None)
     if closer is not None:
         with contextlib.suppress(BaseException):
-            await closer()
+            await asyncio.wait_for(closer(), bound_s)

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import time
 from typing import Any, AsyncIterator, Callable
 
 from serve_app.config import EngineConfig
@@ -89,6 +90,7 @@ class VLLMEngine:
         self._config = config
         self._backend = distributed_executor_backend
         self._engine: Any = None
+        self._last_step_at: float | None = None
 
     async def start(self, timeout_s: float) -> None:
         """Build the engine within ``timeout_s`` seconds, or raise EngineError.
@@ -124,8 +126,17 @@ class VLLMEngine:
             # vLLM's workers go into the replica's own placement group (its GPU bundles).
             vllm_config.parallel_config.placement_group = placement_group
         return AsyncLLM.from_vllm_config(
-            vllm_config, disable_log_stats=args.disable_log_stats, stat_loggers=_stat_loggers()
+            vllm_config,
+            disable_log_stats=args.disable_log_stats,
+            stat_loggers=[*_stat_loggers(), _step_heartbeat(self._mark_step)],
         )
+
+    def _mark_step(self) -> None:
+        self._last_step_at = time.monotonic()
+
+    def last_step_at(self) -> float | None:
+        """When the engine core last sent a step's stats (every step, output or not, while stats are on)."""
+        return self._last_step_at
 
     async def check_health(self) -> None:
         if self._engine is None:
@@ -193,17 +204,39 @@ class VLLMEngine:
             raise _classify(exc, request_id) from exc
 
 
-def _stat_loggers() -> list[Any] | None:
+def _stat_loggers() -> list[Any]:
     """Under Ray, vLLM's own metrics (TTFT, queue, KV cache) go out through Ray's metrics
     endpoint (``ray_vllm_*``) beside the app's; vLLM's default logger would write them to a
     registry in the replica process that nothing scrapes."""
     import ray
 
     if not ray.is_initialized():
-        return None
+        return []
     from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
     return [RayPrometheusStatLogger]
+
+
+def _step_heartbeat(mark: Callable[[], None]) -> Callable[..., Any]:
+    """A per-engine stat logger factory whose logger calls ``mark()`` on every record.
+
+    With stats on (vLLM's default), the engine core sends its scheduler stats after every
+    step, even a prefill chunk that yields no token, so a long prefill is still progress
+    while a stuck core sends nothing.
+    """
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class StepHeartbeat(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0):
+            pass
+
+        def record(self, *args: Any, **kwargs: Any) -> None:
+            mark()
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return StepHeartbeat
 
 
 def _in_daemon_thread(build: Callable[[], Any]) -> asyncio.Future[Any]:

@@ -30,6 +30,9 @@ class FakeFailingEngine:
     def unfinished_requests(self) -> int:
         return 0
 
+    def last_step_at(self) -> float | None:
+        return None
+
     def shutdown(self) -> None:
         return None
 
@@ -76,6 +79,9 @@ class FakeSlowEngine:
 
     def unfinished_requests(self) -> int:
         return self.running
+
+    def last_step_at(self) -> float | None:
+        return None
 
     def shutdown(self) -> None:
         return None

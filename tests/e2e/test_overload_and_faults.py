@@ -4,11 +4,13 @@ One more application ("faults") with a deliberately small capacity runs beside t
 session's app, so that its engine can be overloaded and killed without touching the
 other tests: 8 requests in the ingress and 4 queued by Serve's proxy, 2 requests in the
 LLM replica and 2 more queued by the ingress, two pool replicas, and an admission limit
-of 5 s of estimated work. A refusal at either queue is the same OpenAI 429.
+of 5 s of estimated work, and a hung engine is given up after 5 s without progress.
+A refusal at either queue is the same OpenAI 429.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +28,7 @@ MODEL = "tiny-faults"
 CAPACITY = 4  # llm.max_ongoing_requests + llm.max_queued_requests below
 REQUEST_BOUND_S = 120  # no request may take longer than this, whatever happens
 RECOVERY_BOUND_S = 300
+STALL_S = 5  # llm.engine_stall_s of the faults app
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +43,7 @@ def faults_app(served, api_key):
             "max_ongoing_requests": 2,
             "max_queued_requests": 2,
             "health_check_period_s": 2,
+            "engine_stall_s": STALL_S,
             # 100 output tokens/s: a 2000-token answer alone is 20 s of work, past the 5 s limit.
             "admission": {
                 "max_pending_s": 5,
@@ -248,18 +252,69 @@ def test_killing_the_engine_core_gives_503_with_retry_after_then_recovers(faults
     assert_retryable(refused, 503, "engine_unavailable")
     assert time.monotonic() - asked < 5
 
+    statuses, recovered_s = recover(faults_app, api_key, killed_at)
+    print(f"recovered {recovered_s:.1f} s after the engine core was killed; statuses {statuses}")
+    assert _engine_core_of()[0].pid != replica.pid
+
+
+def test_a_stopped_engine_core_gives_503_within_engine_stall_s_then_recovers(faults_app, api_key):
+    """A hung engine (alive, no progress): SIGSTOP of ``VLLM::EngineCore`` under load."""
+    import psutil
+
+    recover(faults_app, api_key, time.monotonic())  # whatever an earlier test did, serving again
+    replica, core = _engine_core_of()
+    answers: list[tuple[float, httpx.Response]] = []
+
+    def long_request(seed: int) -> None:  # admission lets in one such answer at a time (5 s limit)
+        response = chat(faults_app, api_key, seed=seed, max_tokens=4000, ignore_eos=True)
+        answers.append((time.monotonic(), response))
+
+    in_flight = [threading.Thread(target=long_request, args=(21,), daemon=True)]
+    for thread in in_flight:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while llm_load()["engine_requests"] < 1:
+        assert not answers, [(r.status_code, r.text[:300]) for _, r in answers]
+        assert time.monotonic() < deadline, llm_load()
+        time.sleep(0.2)
+
+    stopped_at = time.monotonic()
+    core.send_signal(signal.SIGSTOP)
+    try:
+        for thread in in_flight:
+            thread.join(timeout=STALL_S + 60)
+            assert not thread.is_alive(), "a request in flight on the stopped engine never ended"
+        for _, response in answers:
+            assert_retryable(response, 503, "engine_overloaded")
+            assert "unavailable" in response.json()["error"]["message"]
+        first_503_s = min(at for at, _ in answers) - stopped_at
+        last_503_s = max(at for at, _ in answers) - stopped_at
+        assert STALL_S - 1 < first_503_s and last_503_s < STALL_S + 10, (first_503_s, last_503_s)
+        replica.wait(timeout=30)  # the replica ended itself, so Serve replaces it
+        statuses, recovered_s = recover(faults_app, api_key, stopped_at)
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):  # nothing is left stopped
+            core.send_signal(signal.SIGCONT)
+            core.kill()
+    print(
+        f"engine core stopped: first 503 after {first_503_s:.1f} s, last after {last_503_s:.1f} s, "
+        f"served again after {recovered_s:.1f} s; statuses meanwhile {statuses}"
+    )
+    assert _engine_core_of()[0].pid != replica.pid
+
+
+def recover(base: str, api_key: str, since: float) -> tuple[list[int], float]:
+    """Requests until one succeeds; every refusal meanwhile is 429/503 + Retry-After, bounded."""
     statuses = []
     while True:
-        response = chat(faults_app, api_key, timeout=REQUEST_BOUND_S)
+        response = chat(base, api_key, timeout=REQUEST_BOUND_S)
         statuses.append(response.status_code)
         if response.status_code == 200:
-            break
+            return statuses, time.monotonic() - since
         assert response.status_code in (429, 503), response.text
         assert int(response.headers["retry-after"]) >= 1
-        assert time.monotonic() - killed_at < RECOVERY_BOUND_S
+        assert time.monotonic() - since < RECOVERY_BOUND_S, statuses
         time.sleep(1)
-    print(f"recovered {time.monotonic() - killed_at:.1f} s after the engine core was killed; statuses {statuses}")
-    assert _engine_core_of()[0].pid != replica.pid
 
 
 @pytest.fixture(scope="module")

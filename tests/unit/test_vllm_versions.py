@@ -55,3 +55,22 @@ def test_outside_the_range_is_untested():
 
 def test_readme_states_the_range():
     assert f"vllm{TESTED_VLLM}" in (REPO / "README.md").read_text()
+
+
+def test_the_step_heartbeat_is_a_per_engine_logger_vllm_calls_on_every_record():
+    """vLLM's own per-engine adapter drives the heartbeat, as it does under AsyncLLM (one record
+    per engine step); an interface change in an upgrade fails here, not as a silent 'stall'."""
+    from vllm.v1.metrics.loggers import AggregateStatLoggerBase, PerEngineStatLoggerAdapter
+
+    from serve_app.engine.vllm_engine import _step_heartbeat
+
+    beats: list[None] = []
+    factory = _step_heartbeat(lambda: beats.append(None))
+    assert not issubclass(factory, AggregateStatLoggerBase)  # vLLM then builds one per engine
+    adapter = PerEngineStatLoggerAdapter(
+        vllm_config=None, engine_indexes=[0], per_engine_stat_logger_factory=factory
+    )
+    adapter.log_engine_initialized()
+    adapter.record(scheduler_stats=None, iteration_stats=None, engine_idx=0)
+    adapter.record(scheduler_stats=None, iteration_stats=None, engine_idx=0)
+    assert len(beats) == 2

@@ -50,6 +50,9 @@ class SteppedEngine:
     def unfinished_requests(self) -> int:
         return self.running
 
+    def last_step_at(self) -> float | None:
+        return None
+
     def shutdown(self) -> None:
         return None
 
@@ -121,5 +124,63 @@ def test_a_dead_engine_fails_health_for_good_refuses_with_503_and_ends_the_repli
         with pytest.raises(EngineOverloadedError) as refused:
             await server.generate(MESSAGES, [], {"max_tokens": 1}, "d").__anext__()
         assert refused.value.status_code == 503 and refused.value.headers()["Retry-After"] == "5"
+
+    asyncio.run(scenario())
+
+
+def stalling_config(stall_s: float) -> AppConfig:
+    base = config().model_dump()
+    base["llm"]["engine_stall_s"] = stall_s
+    return AppConfig.model_validate(base)
+
+
+def test_a_stalled_engine_ends_its_requests_with_503_frees_the_ledger_and_ends_the_replica(monkeypatch):
+    import ray
+
+    ended = []
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("Ctx", (), {"current_actor": "me"})())
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart: ended.append((actor, no_restart)))
+
+    async def scenario():
+        server, engine = await replica(stalling_config(0.5))
+        stream = server.generate(MESSAGES, [], {"max_tokens": 100}, "a")
+        engine.steps.put_nowait(None)
+        await stream.__anext__()
+        assert (await server.load())["admitted_requests"] == 1
+        started = asyncio.get_running_loop().time()
+        # The engine is alive (check_health passes) but yields nothing more.
+        with pytest.raises(EngineOverloadedError) as stalled:
+            await asyncio.wait_for(stream.__anext__(), 5)
+        waited = asyncio.get_running_loop().time() - started
+        assert 0.4 < waited < 1.5, waited
+        assert stalled.value.status_code == 503 and stalled.value.headers()["Retry-After"] == "5"
+        assert (await server.load())["admitted_requests"] == 0 and (await server.load())["pending_s"] == 0
+        with pytest.raises(EngineOverloadedError, match="stalled"):
+            await server.check_health()
+        with pytest.raises(EngineOverloadedError):
+            await server.generate(MESSAGES, [], {"max_tokens": 1}, "b").__anext__()
+        await asyncio.sleep(0.2)  # one watchdog period after the stall
+        assert ended == [("me", True)]
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_engine_that_keeps_stepping_and_an_idle_one_are_not_stalled(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart: pytest.fail("the replica ended itself"))
+
+    async def scenario():
+        server, engine = await replica(stalling_config(0.5))
+        await asyncio.sleep(1.0)  # idle for twice engine_stall_s
+        stream = server.generate(MESSAGES, [], {"max_tokens": 6}, "a")
+        received = []
+        for _ in range(6):  # a token every 0.3 s: slow, but progress
+            engine.steps.put_nowait(None)
+            received.append(await asyncio.wait_for(stream.__anext__(), 5))
+            await asyncio.sleep(0.3)
+        assert received[-1].finish_reason == "length"
+        await server.check_health()
+        server._watchdog.cancel()
 
     asyncio.run(scenario())
