@@ -170,7 +170,7 @@ class OpenAIIngress:
         self._authenticate(request)
         await self._replicas.refuse_while_no_engine()
         chat = await self._parse(request)
-        images = await self._prepare_images(chat)
+        images = await self._prepare_images(chat, request_id)
         sampling = {
             "max_tokens": chat.requested_max_tokens()[0],
             "temperature": chat.temperature,
@@ -249,12 +249,12 @@ class OpenAIIngress:
             )
         return chat
 
-    async def _prepare_images(self, chat: ChatCompletionRequest) -> list[Any]:
+    async def _prepare_images(self, chat: ChatCompletionRequest, request_id: str) -> list[Any]:
         urls = chat.image_urls()
         limit = self._config.engine.max_images_per_prompt
         if len(urls) > limit:
             raise TooManyImagesError(f"{len(urls)} images given; this model takes at most {limit} per request")
-        calls = [self._pool.prepare.remote(url) for url, _ in urls]
+        calls = [self._pool.prepare.remote(url, request_id) for url, _ in urls]
 
         async def one(index: int, call: Any, url: str, param: str) -> Any:
             try:
@@ -264,7 +264,7 @@ class OpenAIIngress:
                     if type(unwrap_cause(exc)).__name__ not in REPLICA_GONE:
                         raise
                 # The pool replica died on it (scale-down, crash): once more, on another.
-                retry = self._pool.prepare.remote(url)
+                retry = self._pool.prepare.remote(url, request_id)
                 calls.append(retry)
                 return await retry
             except Exception as exc:

@@ -57,8 +57,10 @@ class HttpFetcher:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    def check_url(self, url: httpx.URL, original: str) -> None:
-        """Scheme, allow-list and literal-IP SSRF checks that need no network."""
+    def check_url(self, url: httpx.URL, original: str, *, redirected: bool = False) -> None:
+        """Scheme, allow-list and literal-IP SSRF checks that need no network.
+
+        Refusals name the host only when the client sent it; a redirect's target is not named."""
         cfg = self._config
         if url.scheme == "http" and not cfg.allow_http:
             raise UnsupportedImageSourceError(f"plain http:// image URLs are not allowed: {short(original)}")
@@ -67,15 +69,16 @@ class HttpFetcher:
         host = url.host.lower().rstrip(".")
         if not host:
             raise UnsupportedImageSourceError(f"image URL has no host: {short(original)}")
+        named = "a redirect's target host" if redirected else f"image host {host!r}"
         if cfg.allowed_domains and not any(
             host == d.lower().rstrip(".") or host.endswith("." + d.lower().strip(".")) for d in cfg.allowed_domains
         ):
-            raise ImageForbiddenError(f"image host {host!r} is not in the allowed domains")
+            raise ImageForbiddenError(f"{named} is not in the allowed domains")
         ip = literal_ip(host)
         if cfg.block_private_addresses and ip is not None:
             reason = blocked_reason(ip)
             if reason is not None:
-                raise ImageForbiddenError(f"image host {host} is {reason}; refusing to fetch")
+                raise ImageForbiddenError(f"{named} is {reason}; refusing to fetch")
 
     async def fetch(self, url: str) -> bytes:
         """The body of ``url`` after redirects, or a typed ImageError."""
@@ -86,8 +89,8 @@ class HttpFetcher:
             raise UnsupportedImageSourceError(f"image URL is malformed: {short(url)}") from None
         try:
             async with asyncio.timeout(cfg.total_timeout_s):
-                for _hop in range(cfg.max_redirects + 1):
-                    self.check_url(current, url)
+                for hop in range(cfg.max_redirects + 1):
+                    self.check_url(current, url, redirected=hop > 0)
                     result = await self._get_with_retries(current, url)
                     if isinstance(result, bytes):
                         return result
