@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.api.errors import REPLICA_GONE, error_response, sse_error_event, unwrap, unwrap_cause
+from serve_app.api.errors import error_response, sse_error_event, unwrap, unwrap_cause
 from serve_app.api.models import (
     ChatCompletionRequest,
     chunk_body,
@@ -24,6 +24,7 @@ from serve_app.api.models import (
     parse_chat_request_off_loop,
     usage_body,
 )
+from serve_app.compat.ray_serve import REPLICA_GONE, serve_http_host
 from serve_app.config import AppConfig, IngressConfig, is_loopback_host
 from serve_app.deployments.replica_status import ReplicaStatus
 from serve_app.errors import (
@@ -60,18 +61,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 @app.exception_handler(Exception)
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc, _request_id(request))
-
-
-def serve_http_host() -> str:
-    """The host Ray Serve's HTTP proxies listen on (``http_options.host``).
-
-    Ray Serve 2.60 has no public API for it; the controller client's
-    ``http_config`` is where ``serve run``/``serve deploy`` put it.
-    tests/e2e/test_security.py fails loudly if that internal moves.
-    """
-    from ray.serve.context import _get_global_client
-
-    return str(_get_global_client().http_config.host)
 
 
 def keys_required(settings: IngressConfig, keys: frozenset[str], listener_host: str) -> bool:
@@ -261,7 +250,7 @@ class OpenAIIngress:
                 try:
                     return await call
                 except Exception as exc:
-                    if type(unwrap_cause(exc)).__name__ not in REPLICA_GONE:
+                    if not isinstance(unwrap_cause(exc), REPLICA_GONE):
                         raise
                 # The pool replica died on it (scale-down, crash): once more, on another.
                 retry = self._pool.prepare.remote(url, request_id)
