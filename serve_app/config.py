@@ -119,6 +119,11 @@ class IngressConfig(DeploymentConfig):
     ready_timeout_s: float = Field(
         5.0, gt=0, description="Deadline of GET /ready (Serve's view of the engine and pool replicas)."
     )
+    replica_header: bool = Field(
+        False,
+        description="Name the LLM replica that answered in an X-Pixtral-Replica response header (an opaque "
+        "Serve replica id). Off: internal replica ids are not shown to clients; benchmarks and tests turn it on.",
+    )
     max_ongoing_requests: int = Field(512, ge=1, description="Requests one ingress replica accepts at once.")
     max_queued_requests: int = Field(
         1024,

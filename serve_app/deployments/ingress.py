@@ -85,9 +85,10 @@ def keys_required(settings: IngressConfig, keys: frozenset[str], listener_host: 
     )
 
 
-def _replica_header(first: Any) -> dict[str, str]:
-    """``X-Pixtral-Replica``: the LLM replica that answered (opaque Serve replica id)."""
-    return {"X-Pixtral-Replica": first.replica} if first.replica else {}
+def _replica_header(first: Any, enabled: bool) -> dict[str, str]:
+    """``X-Pixtral-Replica``: the LLM replica that answered (opaque Serve replica id), only when
+    ``ingress.replica_header`` turns it on."""
+    return {"X-Pixtral-Replica": first.replica} if enabled and first.replica else {}
 
 
 @serve.deployment(name="OpenAIIngress")
@@ -189,7 +190,7 @@ class OpenAIIngress:
             return StreamingResponse(
                 self._sse(request_id, first, stream, include_usage),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_replica_header(first)},
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_replica_header(first, self._config.ingress.replica_header)},
             )
         texts, token_ids = [first.text], list(first.token_ids)
         last = first
@@ -209,7 +210,7 @@ class OpenAIIngress:
         if chat.return_token_ids:
             body["prompt_token_ids"] = first.prompt_token_ids
             body["choices"][0]["token_ids"] = token_ids
-        return JSONResponse(body, headers=_replica_header(first))
+        return JSONResponse(body, headers=_replica_header(first, self._config.ingress.replica_header))
 
     async def _parse(self, request: Request) -> ChatCompletionRequest:
         limit = self._config.ingress.max_request_bytes
