@@ -121,12 +121,24 @@ def test_a_running_engine_or_scaling_from_zero_lets_requests_through():
 
 
 def test_an_unanswered_status_lets_requests_through():
+    """The controller said "no engine" (requests are refused), then stops answering: once that
+    answer is too old to trust, requests go through again and /ready says why it is not ready."""
     stuck = threading.Event()
+    answered = Statuses(engines=0)
+
+    def status():
+        if answered.calls == 0:
+            return answered()
+        stuck.wait(30)  # the controller stops answering
+        return answered()
 
     async def main():
-        async with started(lambda: stuck.wait(30), timeout_s=0.2, period_s=60) as status:
-            await status.refuse_while_no_engine()
-            return status.readiness()
+        async with started(status, timeout_s=0.2, period_s=0.1) as replicas:
+            with pytest.raises(EngineOverloadedError):  # a refusal is possible from here
+                await replicas.refuse_while_no_engine()
+            await asyncio.sleep(0.5)  # past timeout_s + period_s with no answer
+            await replicas.refuse_while_no_engine()
+            return replicas.readiness()
 
     try:
         code, body = asyncio.run(main())
