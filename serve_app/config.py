@@ -266,7 +266,10 @@ class AdmissionConfig(_Strict):
         "minus what it has produced (most answers stop well before max_tokens).",
     )
     max_retry_after_s: float = Field(
-        30.0, gt=0, description="Cap on the Retry-After of an admission 429 (the excess work in seconds)."
+        30.0,
+        gt=0,
+        description="Cap on the Retry-After of an admission 429 (the excess work in seconds, jittered from "
+        "0.75x to 1.25x + 1 s so that refused clients do not retry together).",
     )
 
 

@@ -23,6 +23,8 @@ decides an HTTP status.
     ├── AuthenticationError                401
     ├── ServerOverloadedError              429 server_overloaded (a queue is full, or the
     │                                          engine holds more work than admission allows)
+    ├── ServiceUnavailableError            503 service_unavailable (no ingress replica runs:
+    │                                          Serve's proxy answers for the app)
     └── EngineError                        500 (the engine failed this request)
         └── EngineOverloadedError          503 (engine restarting, replica unavailable)
 
@@ -176,6 +178,16 @@ class ServerOverloadedError(PixtralServeError):
     default_retry_after_s = 1.0
 
 
+class ServiceUnavailableError(PixtralServeError):
+    """No ingress replica is running (the application is starting, updating or being replaced):
+    nothing of ours saw the request, so it says nothing about the engine."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "service_unavailable"
+    default_retry_after_s = 5.0
+
+
 class EngineError(PixtralServeError):
     status_code = 500
     error_type = "server_error"
@@ -206,6 +218,7 @@ __all__ = [
     "InvalidRequestError",
     "PixtralServeError",
     "ServerOverloadedError",
+    "ServiceUnavailableError",
     "TooManyImagesError",
     "UnknownModelError",
     "UnsupportedImageSourceError",
