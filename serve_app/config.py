@@ -119,6 +119,13 @@ class IngressConfig(DeploymentConfig):
     ready_timeout_s: float = Field(
         5.0, gt=0, description="Deadline of GET /ready (Serve's view of the engine and pool replicas)."
     )
+    max_inflight_body_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Request-body bytes one ingress replica holds at once; past it a new body gets 429 + "
+        "Retry-After before any of it is read (a body is held until its images are prepared and the first "
+        "chunk is in). Parsing costs about 3x a body's size in memory: size this to the replica's memory / 3.",
+    )
     replica_header: bool = Field(
         False,
         description="Name the LLM replica that answered in an X-Pixtral-Replica response header (an opaque "

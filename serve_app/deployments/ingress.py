@@ -16,6 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.api.body_budget import BodyBudget, BodyHold
 from serve_app.api.errors import error_response, sse_error_event, unwrap, unwrap_cause
 from serve_app.api.models import (
     ChatCompletionRequest,
@@ -104,6 +105,7 @@ class OpenAIIngress:
         self._keys_required = keys_required(config.ingress, self._api_keys, listener)
         self._app_name = serve.get_replica_context().app_name
         self._created = int(time.time())
+        self._bodies = BodyBudget(config.ingress.max_inflight_body_bytes, retry_after_s=config.ingress.retry_after_s)
         self._replicas = ReplicaStatus(
             self._app_name,
             timeout_s=config.ingress.ready_timeout_s,
@@ -159,7 +161,14 @@ class OpenAIIngress:
         request.state.request_id = request_id
         self._authenticate(request)
         await self._replicas.refuse_while_no_engine()
-        chat = await self._parse(request)
+        hold = self._bodies.hold()
+        try:
+            return await self._complete(request, request_id, hold)
+        finally:
+            hold.release()
+
+    async def _complete(self, request: Request, request_id: str, hold: BodyHold):
+        chat = await self._parse(request, hold)
         images = await self._prepare_images(chat, request_id)
         sampling = {
             "max_tokens": chat.requested_max_tokens()[0],
@@ -212,16 +221,19 @@ class OpenAIIngress:
             body["choices"][0]["token_ids"] = token_ids
         return JSONResponse(body, headers=_replica_header(first, self._config.ingress.replica_header))
 
-    async def _parse(self, request: Request) -> ChatCompletionRequest:
+    async def _parse(self, request: Request, hold: BodyHold) -> ChatCompletionRequest:
         limit = self._config.ingress.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise InvalidRequestError(f"request body exceeds {limit} bytes", code="request_too_large")
+            raise InvalidRequestError(f"request body exceeds {limit} bytes (Content-Length)", code="request_too_large")
+        if declared is not None and declared.isdigit():
+            hold.grow_to(int(declared))  # 429 before a byte is read when the replica holds too much
         body = bytearray()
         async for piece in request.stream():  # chunked bodies have no Content-Length to check
             body += piece
             if len(body) > limit:
                 raise InvalidRequestError(f"request body exceeds {limit} bytes", code="request_too_large")
+            hold.grow_to(len(body))
         chat = await parse_chat_request_off_loop(
             bytes(body), off_loop_above=self._config.ingress.parse_off_loop_bytes
         )
