@@ -421,7 +421,7 @@ def main() -> int:
 
     cfg = yaml.safe_load(Path(a.config).read_text())
     (app_cfg,) = cfg["applications"]
-    args = with_overrides(app_cfg["args"], a.set)
+    args = with_overrides(app_cfg["args"], ["ingress.replica_header=true", *a.set])
     scaling = args.get("llm", {}).get("autoscaling", {})
     if scaling.get("min_replicas", 1) != 1 or scaling.get("max_replicas", 1) != 2:
         print("ramp: llm.autoscaling must end up with min_replicas 1 and max_replicas 2 (use --set)", file=sys.stderr)

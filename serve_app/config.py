@@ -119,6 +119,18 @@ class IngressConfig(DeploymentConfig):
     ready_timeout_s: float = Field(
         5.0, gt=0, description="Deadline of GET /ready (Serve's view of the engine and pool replicas)."
     )
+    max_inflight_body_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Request-body bytes one ingress replica holds at once; past it a new body gets 429 + "
+        "Retry-After before any of it is read (a body is held until its images are prepared and the first "
+        "chunk is in). Parsing costs about 3x a body's size in memory: size this to the replica's memory / 3.",
+    )
+    replica_header: bool = Field(
+        False,
+        description="Name the LLM replica that answered in an X-Pixtral-Replica response header (an opaque "
+        "Serve replica id). Off: internal replica ids are not shown to clients; benchmarks and tests turn it on.",
+    )
     max_ongoing_requests: int = Field(512, ge=1, description="Requests one ingress replica accepts at once.")
     max_queued_requests: int = Field(
         1024,
@@ -265,7 +277,10 @@ class AdmissionConfig(_Strict):
         "minus what it has produced (most answers stop well before max_tokens).",
     )
     max_retry_after_s: float = Field(
-        30.0, gt=0, description="Cap on the Retry-After of an admission 429 (the excess work in seconds)."
+        30.0,
+        gt=0,
+        description="Cap on the Retry-After of an admission 429 (the excess work in seconds, jittered from "
+        "0.75x to 1.25x + 1 s so that refused clients do not retry together).",
     )
 
 

@@ -25,6 +25,8 @@ decides an HTTP status.
     │   │                                      engine holds more work than admission allows)
     │   └── AdmissionRefusedError          429 (one LLM replica's admission: the ingress first
     │                                          tries the replicas that have not refused)
+    ├── ServiceUnavailableError            503 service_unavailable (no ingress replica runs:
+    │                                          Serve's proxy answers for the app)
     └── EngineError                        500 (the engine failed this request)
         └── EngineOverloadedError          503 (engine restarting, replica unavailable)
 
@@ -182,6 +184,16 @@ class AdmissionRefusedError(ServerOverloadedError):
     """One LLM replica's admission refused the request; another replica may still take it."""
 
 
+class ServiceUnavailableError(PixtralServeError):
+    """No ingress replica is running (the application is starting, updating or being replaced):
+    nothing of ours saw the request, so it says nothing about the engine."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "service_unavailable"
+    default_retry_after_s = 5.0
+
+
 class EngineError(PixtralServeError):
     status_code = 500
     error_type = "server_error"
@@ -213,6 +225,7 @@ __all__ = [
     "InvalidRequestError",
     "PixtralServeError",
     "ServerOverloadedError",
+    "ServiceUnavailableError",
     "TooManyImagesError",
     "UnknownModelError",
     "UnsupportedImageSourceError",

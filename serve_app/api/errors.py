@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
+from serve_app.compat.ray_serve import REPLICA_GONE, BackPressureError
 from serve_app.errors import (
     EngineOverloadedError,
     InvalidRequestError,
@@ -17,9 +18,6 @@ from serve_app.errors import (
 )
 
 logger = logging.getLogger(__name__)
-
-# Ray's errors for a replica that died or cannot be reached: the request may be retried.
-REPLICA_GONE = frozenset({"ActorDiedError", "ActorUnavailableError", "DeploymentUnavailableError"})
 
 
 def unwrap_cause(exc: BaseException) -> BaseException:
@@ -42,13 +40,12 @@ def unwrap(exc: BaseException) -> BaseException:
     ``backpressure_config.retry_after_s``; a dead or unreachable replica is a 503.
     """
     exc = unwrap_cause(exc)
-    name = type(exc).__name__
-    if name == "BackPressureError":
+    if isinstance(exc, BackPressureError):
         return ServerOverloadedError(
             "the server is at capacity (a queue inside is full); retry the request later",
             retry_after_s=getattr(exc, "retry_after_s", None),
         )
-    if name in REPLICA_GONE:
+    if isinstance(exc, REPLICA_GONE):
         return EngineOverloadedError("a replica is unavailable; retry the request")
     return exc
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from starlette.middleware import Middleware
 
-from serve_app.errors import EngineOverloadedError, PixtralServeError, ServerOverloadedError
+from serve_app.errors import PixtralServeError, ServerOverloadedError, ServiceUnavailableError
 
 _PROXY_STATUSES = {429, 503}
 
@@ -31,7 +31,11 @@ def proxy_error(status: int, retry_after: str | None) -> PixtralServeError:
         return ServerOverloadedError(
             "the server is at capacity (every ingress replica is busy); retry the request later", retry_after_s=seconds
         )
-    return EngineOverloadedError("the service is unavailable; retry the request", retry_after_s=seconds)
+    # Serve's proxy answers 503 itself only for DeploymentUnavailableError: no ingress replica.
+    return ServiceUnavailableError(
+        "no ingress replica is running (the service is starting or being replaced); retry the request",
+        retry_after_s=seconds,
+    )
 
 
 class OpenAIErrorBodies:

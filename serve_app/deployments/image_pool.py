@@ -34,10 +34,10 @@ class ImagePool:
             "pixtral_images", description="Images handled, by outcome.", tag_keys=("outcome",)
         )
 
-    async def prepare(self, url: str) -> PreparedImage:
+    async def prepare(self, url: str, request_id: str | None = None) -> PreparedImage:
         started = time.perf_counter()
         try:
-            image = await self._loader.load(url)
+            image = await self._loader.load(url, request_id)
         except ImageError as exc:
             self._images.inc(tags={"outcome": exc.code or "error"})
             raise

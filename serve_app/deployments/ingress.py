@@ -16,7 +16,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.api.errors import REPLICA_GONE, error_response, sse_error_event, unwrap, unwrap_cause
+from serve_app.api.body_budget import BodyBudget, BodyHold
+from serve_app.api.errors import error_response, sse_error_event, unwrap, unwrap_cause
 from serve_app.api.models import (
     ChatCompletionRequest,
     chunk_body,
@@ -24,6 +25,7 @@ from serve_app.api.models import (
     parse_chat_request_off_loop,
     usage_body,
 )
+from serve_app.compat.ray_serve import REPLICA_GONE, serve_http_host
 from serve_app.config import AppConfig, IngressConfig, is_loopback_host
 from serve_app.deployments.replica_status import ReplicaStatus
 from serve_app.errors import (
@@ -65,18 +67,6 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc, _request_id(request))
 
 
-def serve_http_host() -> str:
-    """The host Ray Serve's HTTP proxies listen on (``http_options.host``).
-
-    Ray Serve 2.60 has no public API for it; the controller client's
-    ``http_config`` is where ``serve run``/``serve deploy`` put it.
-    tests/e2e/test_security.py fails loudly if that internal moves.
-    """
-    from ray.serve.context import _get_global_client
-
-    return str(_get_global_client().http_config.host)
-
-
 def keys_required(settings: IngressConfig, keys: frozenset[str], listener_host: str) -> bool:
     """Whether requests must carry a bearer key; raises RuntimeError for a replica that would
     otherwise serve without keys where others can reach it."""
@@ -99,9 +89,10 @@ def keys_required(settings: IngressConfig, keys: frozenset[str], listener_host: 
     )
 
 
-def _replica_header(first: Any) -> dict[str, str]:
-    """``X-Pixtral-Replica``: the LLM replica that answered (opaque Serve replica id)."""
-    return {"X-Pixtral-Replica": first.replica} if first.replica else {}
+def _replica_header(first: Any, enabled: bool) -> dict[str, str]:
+    """``X-Pixtral-Replica``: the LLM replica that answered (opaque Serve replica id), only when
+    ``ingress.replica_header`` turns it on."""
+    return {"X-Pixtral-Replica": first.replica} if enabled and first.replica else {}
 
 
 @serve.deployment(name="OpenAIIngress")
@@ -119,6 +110,7 @@ class OpenAIIngress:
         self._keys_required = keys_required(config.ingress, self._api_keys, listener)
         self._app_name = serve.get_replica_context().app_name
         self._created = int(time.time())
+        self._bodies = BodyBudget(config.ingress.max_inflight_body_bytes, retry_after_s=config.ingress.retry_after_s)
         self._replicas = ReplicaStatus(
             self._app_name,
             gate_engine=config.llm.autoscaling.min_replicas > 0,  # scaling from zero needs the queue
@@ -173,8 +165,15 @@ class OpenAIIngress:
         request.state.request_id = request_id
         self._authenticate(request)
         self._replicas.refuse_while_no_engine()
-        chat = await self._parse(request)
-        images = await self._prepare_images(chat)
+        hold = self._bodies.hold()
+        try:
+            return await self._complete(request, request_id, hold)
+        finally:
+            hold.release()
+
+    async def _complete(self, request: Request, request_id: str, hold: BodyHold):
+        chat = await self._parse(request, hold)
+        images = await self._prepare_images(chat, request_id)
         sampling = {
             "max_tokens": chat.requested_max_tokens()[0],
             "temperature": chat.temperature,
@@ -194,7 +193,7 @@ class OpenAIIngress:
             return StreamingResponse(
                 self._sse(request_id, first, stream, include_usage),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_replica_header(first)},
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_replica_header(first, self._config.ingress.replica_header)},
             )
         texts, token_ids = [first.text], list(first.token_ids)
         last = first
@@ -214,7 +213,7 @@ class OpenAIIngress:
         if chat.return_token_ids:
             body["prompt_token_ids"] = first.prompt_token_ids
             body["choices"][0]["token_ids"] = token_ids
-        return JSONResponse(body, headers=_replica_header(first))
+        return JSONResponse(body, headers=_replica_header(first, self._config.ingress.replica_header))
 
     async def _first_chunk(
         self, request_id: str, key: str, messages: list[dict[str, Any]], images: list[Any], sampling: dict[str, Any]
@@ -246,16 +245,19 @@ class OpenAIIngress:
         finally:
             REPLICA_SETS.forget(request_id)
 
-    async def _parse(self, request: Request) -> ChatCompletionRequest:
+    async def _parse(self, request: Request, hold: BodyHold) -> ChatCompletionRequest:
         limit = self._config.ingress.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise InvalidRequestError(f"request body exceeds {limit} bytes", code="request_too_large")
+            raise InvalidRequestError(f"request body exceeds {limit} bytes (Content-Length)", code="request_too_large")
+        if declared is not None and declared.isdigit():
+            hold.grow_to(int(declared))  # 429 before a byte is read when the replica holds too much
         body = bytearray()
         async for piece in request.stream():  # chunked bodies have no Content-Length to check
             body += piece
             if len(body) > limit:
                 raise InvalidRequestError(f"request body exceeds {limit} bytes", code="request_too_large")
+            hold.grow_to(len(body))
         chat = await parse_chat_request_off_loop(
             bytes(body), off_loop_above=self._config.ingress.parse_off_loop_bytes
         )
@@ -273,22 +275,22 @@ class OpenAIIngress:
             )
         return chat
 
-    async def _prepare_images(self, chat: ChatCompletionRequest) -> list[Any]:
+    async def _prepare_images(self, chat: ChatCompletionRequest, request_id: str) -> list[Any]:
         urls = chat.image_urls()
         limit = self._config.engine.max_images_per_prompt
         if len(urls) > limit:
             raise TooManyImagesError(f"{len(urls)} images given; this model takes at most {limit} per request")
-        calls = [self._pool.prepare.remote(url) for url, _ in urls]
+        calls = [self._pool.prepare.remote(url, request_id) for url, _ in urls]
 
         async def one(index: int, call: Any, url: str, param: str) -> Any:
             try:
                 try:
                     return await call
                 except Exception as exc:
-                    if type(unwrap_cause(exc)).__name__ not in REPLICA_GONE:
+                    if not isinstance(unwrap_cause(exc), REPLICA_GONE):
                         raise
                 # The pool replica died on it (scale-down, crash): once more, on another.
-                retry = self._pool.prepare.remote(url)
+                retry = self._pool.prepare.remote(url, request_id)
                 calls.append(retry)
                 return await retry
             except Exception as exc:

@@ -8,10 +8,10 @@ import logging
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
-import ray
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
+from serve_app.compat.ray_serve import end_this_replica
 from serve_app.config import AppConfig
 from serve_app.engine.admission import PrefixCacheEstimate, WorkLedger
 from serve_app.engine.prompt import PixtralPromptBuilder
@@ -156,7 +156,7 @@ class PixtralServer:
         self._stall.halt(self._engine_dead)
         logger.error("engine is dead (%s); ending this replica so Serve replaces it", self._engine_dead)
         await asyncio.sleep(period)  # the failing requests' 503s leave first
-        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+        end_this_replica()
 
     def __del__(self) -> None:
         watchdog = getattr(self, "_watchdog", None)

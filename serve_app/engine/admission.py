@@ -16,6 +16,7 @@ the prompt, ``Ticket.progress`` per streamed chunk and ``Ticket.release`` at the
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
@@ -55,8 +56,9 @@ class Ticket:
 class WorkLedger:
     """The estimated seconds of work one engine holds, and the admission decision."""
 
-    def __init__(self, config: AdmissionConfig):
+    def __init__(self, config: AdmissionConfig, *, rng: random.Random | None = None):
         self._config = config
+        self._rng = rng or random.Random()
         self._prefill_tokens = 0
         self._decode_tokens = 0
         self._requests = 0
@@ -86,12 +88,18 @@ class WorkLedger:
             excess = pending - limit
             raise AdmissionRefusedError(
                 f"the engine holds {pending:.0f} s of queued work (limit {limit:g} s); retry the request later",
-                retry_after_s=min(self._config.max_retry_after_s, max(1.0, excess)),
+                retry_after_s=self._retry_after_s(excess),
             )
         decode = min(max_tokens, self._config.output_tokens_estimate)
         self._adjust(prompt_tokens, decode)
         self._requests += 1
         return Ticket(self, prompt_tokens, decode)
+
+    def _retry_after_s(self, excess: float) -> float:
+        """The excess work in seconds, spread from 0.75x to 1.25x + 1 s and capped: the clients
+        refused in one burst do not all come back in the same second."""
+        base = min(self._config.max_retry_after_s, max(1.0, excess))
+        return min(self._config.max_retry_after_s, self._rng.uniform(max(1.0, 0.75 * base), 1.25 * base + 1.0))
 
     def _adjust(self, prefill_delta: int, decode_delta: int) -> None:
         self._prefill_tokens += prefill_delta

@@ -31,6 +31,7 @@ from mistral_common.tokens.tokenizers.image import ImageEncoder, ImageEncoding
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from PIL import Image
 
+from serve_app.compat.mistral_common import image_to_num_tokens
 from serve_app.errors import InvalidRequestError, TooManyImagesError
 from serve_app.images.grid import ImageGrid
 from serve_app.images.prepared import PreparedImage
@@ -82,7 +83,7 @@ class _GridOnlyImageEncoder(ImageEncoder):
     def __call__(self, content: ImageChunk) -> ImageEncoding:  # type: ignore[override]
         prepared = content.image
         width, height = prepared.size
-        cols, rows = self._image_to_num_tokens(prepared)
+        cols, rows = image_to_num_tokens(self, prepared)
         tile = self.image_config.image_patch_size * self.image_config.spatial_merge_size
         if (cols * tile, rows * tile) != (width, height):
             raise InvalidRequestError(

@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any, AsyncIterator, Callable
 
+from serve_app.compat import vllm as vllm_compat
 from serve_app.config import EngineConfig
 from serve_app.engine.prompt import ChatPrompt
 from serve_app.engine.protocol import GenerationChunk, SamplingSettings
@@ -115,7 +116,6 @@ class VLLMEngine:
 
     def _build(self, placement_group: Any) -> Any:
         from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
 
         version = vllm_version()
         if not is_tested_vllm(version):
@@ -124,8 +124,8 @@ class VLLMEngine:
         vllm_config = args.create_engine_config()
         if placement_group is not None:
             # vLLM's workers go into the replica's own placement group (its GPU bundles).
-            vllm_config.parallel_config.placement_group = placement_group
-        return AsyncLLM.from_vllm_config(
+            vllm_compat.use_placement_group(vllm_config, placement_group)
+        return vllm_compat.build_async_llm(
             vllm_config,
             disable_log_stats=args.disable_log_stats,
             stat_loggers=[*_stat_loggers(), _step_heartbeat(self._mark_step)],
@@ -176,11 +176,11 @@ class VLLMEngine:
             # Content ids skip vLLM's own hash of every pixel.
             tokens_prompt["multi_modal_uuids"] = {"image": list(prompt.image_ids)}
         try:
-            rendered = await self._engine.renderer.render_cmpl_async([TokensPrompt(**tokens_prompt)])
+            rendered = await vllm_compat.render_tokens_prompt(self._engine, TokensPrompt(**tokens_prompt))
             completion_tokens = 0
             cached_tokens: int | None = None
             first = True
-            async for output in self._engine.generate(rendered[0], params, request_id):
+            async for output in self._engine.generate(rendered, params, request_id):
                 choice = output.outputs[0]
                 if cached_tokens is None:
                     cached_tokens = getattr(output, "num_cached_tokens", None)
@@ -212,9 +212,7 @@ def _stat_loggers() -> list[Any]:
 
     if not ray.is_initialized():
         return []
-    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
-
-    return [RayPrometheusStatLogger]
+    return [vllm_compat.ray_stat_logger()]
 
 
 def _step_heartbeat(mark: Callable[[], None]) -> Callable[..., Any]:
@@ -224,9 +222,7 @@ def _step_heartbeat(mark: Callable[[], None]) -> Callable[..., Any]:
     step, even a prefill chunk that yields no token, so a long prefill is still progress
     while a stuck core sends nothing.
     """
-    from vllm.v1.metrics.loggers import StatLoggerBase
-
-    class StepHeartbeat(StatLoggerBase):
+    class StepHeartbeat(vllm_compat.stat_logger_base()):
         def __init__(self, vllm_config: Any, engine_index: int = 0):
             pass
 
@@ -266,23 +262,15 @@ def _in_daemon_thread(build: Callable[[], Any]) -> asyncio.Future[Any]:
     return future
 
 
-def _is_client_error(exc: BaseException) -> bool:
-    """vLLM's own "the request is wrong" classes (VLLMValidationError is a ValueError in 0.25,
-    not in 0.32, so they are known by name across both)."""
-    return any(cls.__name__ in {"VLLMValidationError", "VLLMClientError"} for cls in type(exc).__mro__)
-
-
 def _classify(exc: BaseException, request_id: str) -> PixtralServeError:
     """vLLM's exceptions as ours: its client-error classes are 400s; anything else is logged and
     becomes a 500 that names the request id and carries no internal text."""
-    from vllm.v1.engine.exceptions import EngineDeadError
-
-    if isinstance(exc, EngineDeadError):
+    if isinstance(exc, vllm_compat.engine_dead_error()):
         return EngineOverloadedError("the engine is restarting; retry the request")
     if getattr(exc, "http_status", None) == 503:  # vLLM's own queue limits (max_num_queued_reqs / _tokens)
         return ServerOverloadedError("the engine's queue is full; retry the request later")
     for candidate in (exc, exc.__cause__):
-        if candidate is not None and _is_client_error(candidate):
+        if candidate is not None and vllm_compat.is_client_error(candidate):
             parameter = getattr(candidate, "parameter", None)
             message = candidate.args[0] if candidate.args and isinstance(candidate.args[0], str) else "invalid"
             return InvalidRequestError(f"the engine refused the request: {message}", param=parameter)

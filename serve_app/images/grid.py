@@ -1,6 +1,6 @@
 """Pixtral's image grid: how big an image may be and how many tokens it costs.
 
-The arithmetic is mistral_common's (``ImageEncoder._image_to_num_tokens``):
+The arithmetic is mistral_common's (``ImageEncoder._image_to_num_tokens``, reached through ``serve_app.compat.mistral_common``):
 scale down so the longest side is at most ``max_image_size`` (rounding each
 side), then cover the image with ``patch_size * spatial_merge_size`` tiles.
 The image the model sees is resized to exactly that tile grid.

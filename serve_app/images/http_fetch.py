@@ -2,7 +2,11 @@
 
 Policy lives here, decoding does not: scheme, domain allow-list and SSRF are
 re-checked on every redirect hop; the byte cap is enforced from
-Content-Length and again while streaming; 5xx, 408, 429 and connection
+Content-Length and again while streaming. Fetches ask for ``identity`` encoding; a
+body that still arrives gzip- or deflate-encoded is decoded here a piece at a time,
+never producing more than the cap allows, and both its encoded and decoded bytes count
+against the cap (httpx's own decoding would inflate a whole network read at once, past
+the cap before it is checked). 5xx, 408, 429 and connection
 errors are retried with exponential backoff inside one total deadline; other
 4xx are permanent.
 """
@@ -10,6 +14,9 @@ errors are retried with exponential backoff inside one total deadline; other
 from __future__ import annotations
 
 import asyncio
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
@@ -51,14 +58,16 @@ class HttpFetcher:
             follow_redirects=False,
             trust_env=False,
             timeout=httpx.Timeout(config.total_timeout_s, connect=config.connect_timeout_s),
-            headers={"User-Agent": "pixtral-serve-image-fetch/1", "Accept": "image/*"},
+            headers={"User-Agent": "pixtral-serve-image-fetch/1", "Accept": "image/*", "Accept-Encoding": "identity"},
         )
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    def check_url(self, url: httpx.URL, original: str) -> None:
-        """Scheme, allow-list and literal-IP SSRF checks that need no network."""
+    def check_url(self, url: httpx.URL, original: str, *, redirected: bool = False) -> None:
+        """Scheme, allow-list and literal-IP SSRF checks that need no network.
+
+        Refusals name the host only when the client sent it; a redirect's target is not named."""
         cfg = self._config
         if url.scheme == "http" and not cfg.allow_http:
             raise UnsupportedImageSourceError(f"plain http:// image URLs are not allowed: {short(original)}")
@@ -67,15 +76,16 @@ class HttpFetcher:
         host = url.host.lower().rstrip(".")
         if not host:
             raise UnsupportedImageSourceError(f"image URL has no host: {short(original)}")
+        named = "a redirect's target host" if redirected else f"image host {host!r}"
         if cfg.allowed_domains and not any(
             host == d.lower().rstrip(".") or host.endswith("." + d.lower().strip(".")) for d in cfg.allowed_domains
         ):
-            raise ImageForbiddenError(f"image host {host!r} is not in the allowed domains")
+            raise ImageForbiddenError(f"{named} is not in the allowed domains")
         ip = literal_ip(host)
         if cfg.block_private_addresses and ip is not None:
             reason = blocked_reason(ip)
             if reason is not None:
-                raise ImageForbiddenError(f"image host {host} is {reason}; refusing to fetch")
+                raise ImageForbiddenError(f"{named} is {reason}; refusing to fetch")
 
     async def fetch(self, url: str) -> bytes:
         """The body of ``url`` after redirects, or a typed ImageError."""
@@ -86,8 +96,8 @@ class HttpFetcher:
             raise UnsupportedImageSourceError(f"image URL is malformed: {short(url)}") from None
         try:
             async with asyncio.timeout(cfg.total_timeout_s):
-                for _hop in range(cfg.max_redirects + 1):
-                    self.check_url(current, url)
+                for hop in range(cfg.max_redirects + 1):
+                    self.check_url(current, url, redirected=hop > 0)
                     result = await self._get_with_retries(current, url)
                     if isinstance(result, bytes):
                         return result
@@ -147,11 +157,87 @@ class HttpFetcher:
         length = resp.headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > cap:
             raise ImageTooLargeError(f"image exceeds {cap} bytes (Content-Length {int(length)})")
+        decoder = _decoder(resp.headers.get("content-encoding", ""))
         chunks: list[bytes] = []
         total = 0
-        async for chunk in resp.aiter_bytes():
-            total += len(chunk)
-            if total > cap:
-                raise ImageTooLargeError(f"image exceeds {cap} bytes")
-            chunks.append(chunk)
+        async for chunk in _capped_raw(resp.aiter_raw(), cap):
+            for piece in decoder.feed(chunk, cap - total + 1):
+                total += len(piece)
+                if total > cap:
+                    raise ImageTooLargeError(f"image exceeds {cap} bytes")
+                chunks.append(piece)
+        tail = decoder.finish()
+        if total + len(tail) > cap:
+            raise ImageTooLargeError(f"image exceeds {cap} bytes")
+        chunks.append(tail)
         return b"".join(chunks)
+
+
+async def _capped_raw(raw: AsyncIterator[bytes], cap: int) -> AsyncIterator[bytes]:
+    """The body as it arrives, refused once more than ``cap`` bytes came (encoded or not)."""
+    total = 0
+    async for chunk in raw:
+        total += len(chunk)
+        if total > cap:
+            raise ImageTooLargeError(f"image exceeds {cap} bytes")
+        yield chunk
+
+
+class _Identity:
+    def feed(self, data: bytes, limit: int) -> list[bytes]:
+        return [data]
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class _Inflate:
+    """gzip or deflate undone a piece at a time: no call produces more than ``limit`` bytes."""
+
+    def __init__(self, encoding: str):
+        self._encoding = encoding
+        self._gzip = encoding in ("gzip", "x-gzip")
+        self._zlib: Any = None  # deflate: zlib-wrapped or raw, told by the first byte
+
+    def feed(self, data: bytes, limit: int) -> list[bytes]:
+        if self._zlib is None:
+            if not data:
+                return []
+            if self._gzip:
+                wbits = 16 + zlib.MAX_WBITS
+            else:  # RFC 9110 says zlib-wrapped; some servers send raw deflate
+                wbits = zlib.MAX_WBITS if data[0] & 0x0F == 8 else -zlib.MAX_WBITS
+            self._zlib = zlib.decompressobj(wbits)
+        pieces = []
+        try:
+            while data:
+                piece = self._zlib.decompress(data, max(1, limit))
+                data = self._zlib.unconsumed_tail
+                limit -= len(piece)
+                pieces.append(piece)
+                if limit <= 0:
+                    break  # the caller refuses the body now: the rest is never decoded
+        except zlib.error:
+            raise ImageFetchError(f"image host sent a body that is not valid {self._encoding}") from None
+        return pieces
+
+    def finish(self) -> bytes:
+        if self._zlib is None:
+            return b""
+        try:
+            tail = self._zlib.flush()
+        except zlib.error:
+            tail = None
+        if tail is None or not self._zlib.eof:  # corrupt, or cut short
+            raise ImageFetchError(f"image host sent a body that is not valid {self._encoding}")
+        return tail
+
+
+def _decoder(content_encoding: str) -> _Identity | _Inflate:
+    """The decoder for a Content-Encoding header; one gzip or deflate layer at most."""
+    encodings = [e.strip().lower() for e in content_encoding.split(",") if e.strip().lower() not in ("", "identity")]
+    if not encodings:
+        return _Identity()
+    if len(encodings) == 1 and encodings[0] in ("gzip", "x-gzip", "deflate"):
+        return _Inflate(encodings[0])
+    raise ImageFetchError(f"image host sent an unsupported Content-Encoding ({', '.join(encodings)[:40]})")

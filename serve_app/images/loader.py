@@ -27,7 +27,7 @@ from serve_app.images.http_fetch import HttpFetcher
 from serve_app.images.prepared import PreparedImage
 from serve_app.images.s3_fetch import S3Fetcher
 from serve_app.images.sources import decode_data_url, parse_s3_url, scheme_of
-from serve_app.images.ssrf import Resolver
+from serve_app.images.ssrf import REQUEST_ID, Resolver
 
 T = TypeVar("T")
 
@@ -93,9 +93,17 @@ class ImageLoader:
         self._fetches = _SingleFlight()
         self._decodes = _SingleFlight()
 
-    async def load(self, url: str) -> PreparedImage:
+    async def load(self, url: str, request_id: str | None = None) -> PreparedImage:
+        """``request_id`` labels the log lines of this load's refusals (the SSRF guard's)."""
         if not isinstance(url, str):
             raise ImageError("image URL must be a string")
+        token = REQUEST_ID.set(request_id)
+        try:
+            return await self._load(url)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _load(self, url: str) -> PreparedImage:
         scheme = scheme_of(url)
         t0 = time.perf_counter()
         if scheme == "data":

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from serve_app.config import FetchConfig
@@ -78,12 +80,57 @@ def s3_not_found(url: str) -> ImageNotFoundError:
     return ImageNotFoundError(f"image not found: {short(url)}")
 
 
+# S3's rules for general purpose bucket names
+# (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+_MAX_KEY_BYTES = 1024
+
+
+def s3_bucket_problem(bucket: str) -> str | None:
+    """Why ``bucket`` is not a valid S3 bucket name, or None."""
+    if not _BUCKET.fullmatch(bucket):
+        return "3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+    if ".." in bucket:
+        return "no two adjacent dots"
+    try:
+        ipaddress.IPv4Address(bucket)
+        return "not an IP address"
+    except ValueError:
+        pass
+    if bucket.startswith(_BUCKET_PREFIXES) or bucket.endswith(_BUCKET_SUFFIXES):
+        return "no prefix or suffix S3 reserves"
+    return None
+
+
+def s3_key_problem(key: str) -> str | None:
+    """Why ``key`` may not be fetched: a path-style endpoint or a normalising proxy in front of
+    S3 (MinIO, Ceph) could resolve ``.``/``..``/empty segments into another bucket's object."""
+    if not key:
+        return "the key is empty"
+    if len(key.encode("utf-8", "surrogatepass")) > _MAX_KEY_BYTES:
+        return f"the key is longer than {_MAX_KEY_BYTES} bytes"
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in key):
+        return "the key has control characters"
+    if any(segment in ("", ".", "..") for segment in key.split("/")):
+        return "the key has an empty, '.' or '..' segment"
+    return None
+
+
 def parse_s3_url(url: str, config: FetchConfig) -> S3Location:
-    """``s3://bucket/key`` with the bucket allow-list applied (empty list: no bucket at all)."""
-    rest = url[len("s3://"):]
-    bucket, _, key = rest.partition("/")
-    if not bucket or not key:
+    """``s3://bucket/key``, strictly, with the bucket allow-list applied (empty list: no bucket at all)."""
+    if url[:5].lower() != "s3://":
+        raise UnsupportedImageSourceError(f"S3 URL must start with s3://: {short(url)}")
+    bucket, slash, key = url[5:].partition("/")
+    if not bucket or not slash:
         raise UnsupportedImageSourceError(f"S3 URL must be s3://bucket/key: {short(url)}")
+    problem = s3_bucket_problem(bucket)
+    if problem is not None:
+        raise UnsupportedImageSourceError(f"S3 URL has an invalid bucket name ({problem}): {short(url)}")
+    problem = s3_key_problem(key)
+    if problem is not None:
+        raise UnsupportedImageSourceError(f"S3 URL is not s3://bucket/key ({problem}): {short(url)}")
     if not config.s3_bucket_allowed(bucket):
         raise s3_not_found(url)
     return S3Location(bucket, key)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ipaddress
+import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -24,6 +26,8 @@ import httpcore
 import httpx
 
 from serve_app.errors import ImageFetchTimeoutError, ImageForbiddenError, ImageHostNotFoundError
+
+logger = logging.getLogger(__name__)
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 """host, port -> addresses; raises ``socket.gaierror`` as getaddrinfo does."""
@@ -70,12 +74,26 @@ def literal_ip(host: str) -> str | None:
         return None
 
 
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("pixtral_image_request_id", default=None)
+"""The request an image fetch belongs to, for the log lines of its refusals (set by the loader)."""
+
+NOT_PUBLIC = "the image host does not resolve to a public address; refusing to fetch"
+"""One answer for a name that resolves to a non-public address and, with the guard on, for one
+that does not resolve: told apart, they would map the cluster's internal names for any key holder."""
+
+
 def check_addresses(host: str, addresses: Iterable[str]) -> None:
-    """Raise ImageForbiddenError if any address of ``host`` is not public."""
+    """Raise ImageForbiddenError if any address of ``host`` is not public.
+
+    The refusal names neither the address nor why it is blocked; both go to the log with the
+    request id."""
     for ip in addresses:
         reason = blocked_reason(ip)
         if reason is not None:
-            raise ImageForbiddenError(f"image host {host!r} resolves to {ip}, {reason}; refusing to fetch")
+            logger.warning(
+                "request %s: image host %r resolves to %s, %s; refused", REQUEST_ID.get() or "-", host, ip, reason
+            )
+            raise ImageForbiddenError(NOT_PUBLIC)
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -104,11 +122,14 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
             try:
                 addresses = await asyncio.wait_for(self._resolver(host, port), timeout)
             except asyncio.TimeoutError:
-                raise ImageFetchTimeoutError(f"DNS lookup of {host!r} timed out") from None
+                raise ImageFetchTimeoutError("the DNS lookup of the image host timed out") from None
             except socket.gaierror as exc:
                 if exc.errno in _NO_SUCH_NAME:
                     # Permanent: a mistyped host is the client's mistake, not an outage to retry.
-                    raise ImageHostNotFoundError(f"image host {host!r} does not resolve") from None
+                    if self._block_private:
+                        logger.warning("request %s: image host %r does not resolve; refused", REQUEST_ID.get() or "-", host)
+                        raise ImageForbiddenError(NOT_PUBLIC) from None
+                    raise ImageHostNotFoundError("the image host does not resolve") from None
                 raise httpcore.ConnectError(f"DNS lookup of {host!r} failed: {exc}") from exc
             except OSError as exc:
                 raise httpcore.ConnectError(f"DNS lookup of {host!r} failed: {exc}") from exc

@@ -22,6 +22,7 @@ from typing import Any, List, Optional
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
+from serve_app.compat.ray_serve import back_off_between_rounds, probe_queue_lens
 from serve_app.routing import replica_set
 from serve_app.routing.affinity import route
 
@@ -92,7 +93,7 @@ class CacheAffinityRouter(RequestRouter):
         refused = [r for r in candidate_replicas if r.replica_id.unique_id in tag.avoid]
         if pending_request is not None:
             # Every rank is returned at once: back off between rounds instead of spinning.
-            pending_request.routing_context.should_backoff = True
+            back_off_between_rounds(pending_request)
         if not fresh:
             return [refused]
         if not tag.key:  # no key (load only, or Serve's own calls): power of two choices
@@ -107,7 +108,7 @@ class CacheAffinityRouter(RequestRouter):
             # The preferred replica is busy and some others have no fresh queue length: ask
             # them (one round, Serve's deadline), since an idle replica is what falls out of
             # the cache first.
-            for replica, length in await self._probe_queue_lens(unknown, 0):
+            for replica, length in await probe_queue_lens(self, unknown):
                 lens[replica.replica_id.unique_id] = length
             decision = route(tag.key, lens, busy_at=self._busy_at, rng=self._rng)
         return [[by_id[name]] for name in decision.order] + ([refused] if refused else [])

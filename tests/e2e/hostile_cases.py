@@ -35,6 +35,7 @@ class Case:
     allowed: frozenset[int]
     body: Any = None  # a JSON-able object, or bytes sent as they are
     headers: dict[str, str] = field(default_factory=dict)
+    codes: frozenset[str] | None = None  # the error codes allowed, when the status is not enough
 
 
 def _image(mode: str, size: tuple[int, int], fmt: str, **save) -> bytes:
@@ -301,6 +302,43 @@ def host_cases(model: str, host: str) -> list[Case]:
         case("10k-url", f"{host}/" + "a" * 10_000, frozenset({400}) | UPSTREAM),
         case("javascript-url", "javascript:alert(1)", frozenset({400})),
         case("relative-url", "/etc/passwd", frozenset({400})),
+        # bodies sent encoded although the pool asks for identity: decoded against the cap
+        case("gzip-jpeg-sent-anyway", f"{host}/gzip.jpg", frozenset({200})),
+        case("gzip-bomb-64mb", f"{host}/gzip-bomb", frozenset({413})),
+        case("gzip-cut-short", f"{host}/gzip-cut", frozenset({502})),
+        case("brotli-unsupported", f"{host}/br.jpg", frozenset({502})),
+    ]
+
+
+def s3_cases(model: str) -> list[Case]:
+    """S3 URLs whose key or bucket a path-style endpoint or a normalising proxy could resolve into
+    another bucket's object: refused as malformed (not "not found") before any S3 request."""
+
+    def case(name: str, url: str) -> Case:
+        return Case("images: s3 URL shapes", name, frozenset({400}), chat(model, image_part(url)),
+                    codes=frozenset({"unsupported_image_url"}))
+
+    return [
+        case("one-slash", "s3:/pixtral-images/cat.jpg"),
+        case("no-slash", "s3:pixtral-images/cat.jpg"),
+        case("three-slashes", "s3:///pixtral-images/cat.jpg"),
+        case("no-key", "s3://pixtral-images"),
+        case("empty-key", "s3://pixtral-images/"),
+        case("dot-dot-segment", "s3://pixtral-images/../other/cat.jpg"),
+        case("deep-dot-dot", "s3://pixtral-images/a/../../other/cat.jpg"),
+        case("dot-segment", "s3://pixtral-images/./cat.jpg"),
+        case("empty-segment", "s3://pixtral-images//cat.jpg"),
+        case("trailing-slash", "s3://pixtral-images/photos/"),
+        case("newline-in-key", "s3://pixtral-images/cat.jpg\nx"),
+        case("nul-in-key", "s3://pixtral-images/cat\x00.jpg"),
+        case("uppercase-bucket", "s3://Pixtral-Images/cat.jpg"),
+        case("underscore-bucket", "s3://pixtral_images/cat.jpg"),
+        case("two-char-bucket", "s3://ab/cat.jpg"),
+        case("ip-bucket", "s3://10.0.0.5/cat.jpg"),
+        case("adjacent-dots-bucket", "s3://pixtral..images/cat.jpg"),
+        case("userinfo-bucket", "s3://user:pw@pixtral-images/cat.jpg"),
+        case("port-bucket", "s3://pixtral-images:9000/cat.jpg"),
+        case("key-over-1024-bytes", "s3://pixtral-images/" + "k" * 1025),
     ]
 
 
@@ -335,6 +373,7 @@ def all_cases(model: str, host: str, request_limit: int) -> list[Case]:
         *role_cases(model),
         *image_format_cases(model),
         *host_cases(model, host),
+        *s3_cases(model),
     ]
 
 
@@ -435,7 +474,16 @@ class HostileImageHandler(BaseHTTPRequestHandler):
             return self._send(200, BOMB, "image/png")
         if path == "/truncated.jpg":
             return self._send(200, GOOD_JPEG[: len(GOOD_JPEG) // 3])
+        if path == "/gzip.jpg":
+            return self._send(200, gzip.compress(GOOD_JPEG), Content_Encoding="gzip")
+        if path == "/gzip-bomb":
+            return self._send(200, GZIP_BOMB, Content_Encoding="gzip")
+        if path == "/gzip-cut":
+            return self._send(200, gzip.compress(GOOD_JPEG)[:-20], Content_Encoding="gzip")
+        if path == "/br.jpg":
+            return self._send(200, b"\x0b\x00\x80", Content_Encoding="br")
         return self._send(404, b"missing", "text/plain")
 
 
 BOMB = png_bomb(8000)
+GZIP_BOMB = gzip.compress(b"\0" * (64 * 1024 * 1024), 9)  # ~64 KiB on the wire, 64 MiB inflated

@@ -253,7 +253,9 @@ def test_oversized_body_is_refused(served, api_key, chunked):
         headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
         timeout=60,
     )
-    _assert_openai_error(response, 400, "request_too_large")
+    error = _assert_openai_error(response, 400, "request_too_large")
+    # A declared length is refused from the header, before the body is read; only a chunked body is counted.
+    assert ("(Content-Length)" in error["message"]) is not chunked, error["message"]
 
 
 def test_unknown_path_is_an_openai_404(served):
@@ -335,3 +337,12 @@ def test_streamed_usage_reports_cached_tokens(client):
     usage = [c.usage for c in stream if c.usage is not None]
     assert len(usage) == 1 and usage[0].completion_tokens == 6
     assert usage[0].prompt_tokens_details.cached_tokens > 0
+
+
+def test_no_replica_header_by_default(served, api_key):
+    """The session's app runs config.cpu.yaml's ingress settings: internal replica ids stay inside."""
+    body = {"model": MODEL, "messages": [user_message(data_url(jpeg_bytes(7, (64, 48))))], "max_tokens": 2}
+    for stream in (False, True):
+        response = _post(served, api_key, {**body, "stream": stream})
+        assert response.status_code == 200, response.text
+        assert "x-pixtral-replica" not in response.headers

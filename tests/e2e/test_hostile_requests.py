@@ -60,6 +60,8 @@ def problem(case: Case, status: int | None, body: dict | None) -> str | None:
         error = (body or {}).get("error")
         if not isinstance(error, dict) or set(error) != {"message", "type", "param", "code"} or not error["message"]:
             return f"status {status} without an OpenAI error body: {json.dumps(body)[:300]}"
+        if case.codes is not None and error["code"] not in case.codes:
+            return f"code {error['code']!r} not in {sorted(case.codes)}: {error['message'][:200]}"
     return None
 
 

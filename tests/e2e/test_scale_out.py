@@ -45,7 +45,7 @@ def two_replicas(tiny_model):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = cpu_app_args(
             llm={"autoscaling": {"min_replicas": 2, "max_replicas": 2}},
-            ingress={"api_keys": [], "api_keys_env": None},
+            ingress={"api_keys": [], "api_keys_env": None, "replica_header": True},
         )
         url = deploy_args(args, name="pixtral", base=f"http://127.0.0.1:{port}", route_prefix="/")
         yield url, args["served_model_name"]

@@ -49,7 +49,7 @@ def stand_in_app(engine_name: str, served_model_name: str, **overrides):
 
 def test_the_listener_host_is_read_from_serve(served):
     """serve_http_host() uses a Ray Serve internal (no public API in 2.60): fail loudly if it moves."""
-    from serve_app.deployments.ingress import serve_http_host
+    from serve_app.compat.ray_serve import serve_http_host
 
     assert serve_http_host() == "127.0.0.1"
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID, RequestMetadata
-from ray.serve.request_router import PendingRequest
+# No public constructors for these (Ray Serve 2.60); ReplicaID and PendingRequest are public.
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID, RequestMetadata
+from ray.serve.request_router import PendingRequest, ReplicaID
 
 from serve_app.routing import rendezvous_order
 from serve_app.routing.replica_set import REPLICA_SETS

@@ -99,3 +99,15 @@ def test_off_loop_parse_keeps_the_typed_errors():
         asyncio.run(parse_chat_request_off_loop(json.dumps({"model": "m", "messages": [], "pad": "x" * 100}).encode(),
                                                 off_loop_above=10))
     assert info.value.status_code == 400
+
+
+def test_the_replica_header_is_off_unless_the_config_turns_it_on():
+    from types import SimpleNamespace
+
+    from serve_app.deployments.ingress import _replica_header
+
+    first = SimpleNamespace(replica="PixtralServer#abc123")
+    assert IngressConfig().replica_header is False
+    assert _replica_header(first, IngressConfig().replica_header) == {}
+    assert _replica_header(first, True) == {"X-Pixtral-Replica": "PixtralServer#abc123"}
+    assert _replica_header(SimpleNamespace(replica=None), True) == {}

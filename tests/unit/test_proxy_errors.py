@@ -39,7 +39,7 @@ def refusal(status: int, *extra: tuple[bytes, bytes]) -> list[dict]:
     [
         (429, [(b"retry-after", b"2")], "server_overloaded", b"2"),
         (429, [], "server_overloaded", b"1"),
-        (503, [], "engine_overloaded", b"5"),
+        (503, [], "service_unavailable", b"5"),
     ],
 )
 def test_the_proxys_plain_text_refusals_become_openai_bodies(status, extra, code, retry_after):

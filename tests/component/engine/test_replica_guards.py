@@ -94,7 +94,7 @@ def test_admission_refuses_past_the_limit_and_a_closed_stream_frees_its_work():
         assert (await server.load())["pending_s"] == pytest.approx(9.9)
         with pytest.raises(ServerOverloadedError) as refused:
             await server.generate(MESSAGES, [], {"max_tokens": 1}, "b").__anext__()
-        assert refused.value.retry_after_s == pytest.approx(4.9)
+        assert 0.75 * 4.9 <= refused.value.retry_after_s <= 1.25 * 4.9 + 1  # the 4.9 s excess, jittered
         await long.aclose()  # the client went away
         load = await server.load()
         assert load == {"admitted_requests": 0, "pending_s": 0, "engine_requests": 0}

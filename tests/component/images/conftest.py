@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import socket
@@ -9,13 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
-from payloads import ALPHA_PNG, BIG, BOMB, JPEG, ROTATED, TRUNCATED
+from payloads import ALPHA_PNG, BIG, BOMB, GZIP_BOMB, JPEG, ROTATED, TRUNCATED
 
 
 class ImageServer(ThreadingHTTPServer):
@@ -27,6 +29,7 @@ class ImageServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.stop_slow = threading.Event()
         self.aborted: Counter[str] = Counter()  # responses the client hung up on
+        self.accept_encoding: dict[str, str | None] = {}  # the latest Accept-Encoding asked, per path
 
     @property
     def base(self) -> str:
@@ -72,6 +75,8 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.hits[path] += 1
             hits = self.server.hits[path]
+            self.server.accept_encoding[path] = self.headers.get("Accept-Encoding")
+        gzip_if_asked = "gzip" in (self.headers.get("Accept-Encoding") or "")
         routes = {
             "/img.jpg": lambda: self._send(200, JPEG),
             "/rotated.jpg": lambda: self._send(200, ROTATED),
@@ -97,6 +102,17 @@ class _Handler(BaseHTTPRequestHandler):
                 302, headers={"Location": f"http://other.test:{self.server.server_address[1]}/img.jpg"}
             ),
             "/redirect-ftp": lambda: self._send(302, headers={"Location": "ftp://example.com/x.jpg"}),
+            # Content-Encoding whatever the client asked for, as misbehaving hosts do
+            "/gzip.jpg": lambda: self._send(200, gzip.compress(JPEG), headers={"Content-Encoding": "gzip"}),
+            "/deflate.jpg": lambda: self._send(200, zlib.compress(JPEG), headers={"Content-Encoding": "deflate"}),
+            "/raw-deflate.jpg": lambda: self._send(200, _raw_deflate(JPEG), headers={"Content-Encoding": "deflate"}),
+            "/gzip-bomb": lambda: self._send(200, GZIP_BOMB, headers={"Content-Encoding": "gzip"}),
+            "/gzip-broken": lambda: self._send(200, gzip.compress(JPEG)[:-40] + b"\0" * 40,
+                                               headers={"Content-Encoding": "gzip"}),
+            "/br.jpg": lambda: self._send(200, b"\x0b\x00\x80", headers={"Content-Encoding": "br"}),
+            # a host that honours Accept-Encoding
+            "/negotiated.jpg": lambda: self._send(200, gzip.compress(JPEG), headers={"Content-Encoding": "gzip"})
+            if gzip_if_asked else self._send(200, JPEG),
         }
         if path in routes:
             routes[path]()
@@ -133,6 +149,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         else:
             self._send(404, b"no route", "text/plain")
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 
 import numpy as np
@@ -44,3 +45,6 @@ TRUNCATED = JPEG[: len(JPEG) // 2]
 ALPHA_PNG = make_png_alpha()
 BOMB = make_bomb_png()
 BIG = b"\xff" * (300 * 1024)
+
+GZIP_BOMB_BYTES = 64 * 1024 * 1024
+GZIP_BOMB = gzip.compress(b"\0" * GZIP_BOMB_BYTES, 9)  # ~64 KiB that inflate to 64 MiB

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
-from payloads import ALPHA_PNG, JPEG
+from payloads import ALPHA_PNG, BIG, GZIP_BOMB, GZIP_BOMB_BYTES, JPEG
 
 from serve_app.config import DecodeConfig, FetchConfig
 from serve_app.errors import (
@@ -137,15 +139,58 @@ def test_http_refused_unless_allowed(image_server):
         run(load(image_server.base + "/img.jpg", allow_http=False))
 
 
-def test_byte_cap_from_content_length(image_server):
-    with pytest.raises(ImageTooLargeError, match="exceeds 100000 bytes") as info:
+def test_byte_cap_from_content_length_refuses_before_reading(image_server):
+    """The refusal comes from the declared length (it names it), not from counting the body."""
+    with pytest.raises(ImageTooLargeError, match=rf"exceeds 100000 bytes \(Content-Length {len(BIG)}\)") as info:
         run(load(image_server.base + "/big-with-length", max_image_bytes=100_000))
     assert info.value.status_code == 413
 
 
 def test_byte_cap_while_streaming_without_content_length(image_server):
-    with pytest.raises(ImageTooLargeError, match="exceeds 100000 bytes"):
+    with pytest.raises(ImageTooLargeError, match="exceeds 100000 bytes$"):
         run(load(image_server.base + "/big-chunked", max_image_bytes=100_000))
+
+
+def test_fetches_ask_for_identity_encoding(image_server):
+    image = run(load(image_server.base + "/negotiated.jpg"))
+    assert image_server.accept_encoding["/negotiated.jpg"] == "identity"
+    assert image.sha256 == hashlib.sha256(JPEG).hexdigest()
+
+
+@pytest.mark.parametrize("path", ["/gzip.jpg", "/deflate.jpg", "/raw-deflate.jpg"])
+def test_an_encoded_body_sent_anyway_is_decoded(image_server, path):
+    image = run(load(image_server.base + path))
+    assert image.sha256 == hashlib.sha256(JPEG).hexdigest()  # the image, not its encoding
+    assert image.source_bytes == len(JPEG)
+
+
+def test_decoded_bytes_count_against_the_cap(image_server):
+    """A gzip body under the cap that inflates past it is refused: the cap is on decoded bytes."""
+    gzipped = len(gzip.compress(JPEG))
+    assert gzipped < len(JPEG) - 1000
+    with pytest.raises(ImageTooLargeError, match=f"exceeds {len(JPEG) - 1} bytes$"):
+        run(load(image_server.base + "/gzip.jpg", max_image_bytes=len(JPEG) - 1))
+
+
+def test_a_gzip_bomb_stops_at_the_cap(image_server):
+    """~64 KiB of gzip that inflate to 64 MiB: decoding stops at the cap, memory stays near it."""
+    cap = 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageTooLargeError, match=f"exceeds {cap} bytes"):
+            run(load(image_server.base + "/gzip-bomb", max_image_bytes=cap))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(GZIP_BOMB) < cap < GZIP_BOMB_BYTES
+    assert peak < 4 * cap, f"peak {peak} bytes while refusing a {GZIP_BOMB_BYTES}-byte bomb at a {cap}-byte cap"
+
+
+@pytest.mark.parametrize(("path", "words"), [("/gzip-broken", "not valid gzip"), ("/br.jpg", "unsupported")])
+def test_encodings_we_cannot_read_are_the_hosts_fault(image_server, path, words):
+    with pytest.raises(ImageFetchError, match=words) as info:
+        run(load(image_server.base + path, retries=0))
+    assert (info.value.status_code, info.value.code) == (502, "image_fetch_failed")
 
 
 def test_slow_forever_stream_times_out_within_bound(image_server):

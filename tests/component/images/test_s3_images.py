@@ -162,10 +162,49 @@ def test_environment_allow_list_wins_and_star_is_logged(monkeypatch, caplog):
     assert any("every S3 object" in record.getMessage() for record in caplog.records)
 
 
-def test_byte_cap_from_content_length(objects, env_creds):
+class _Observed:
+    """The real moto client, counting the body bytes read; ``keep_length=False`` takes
+    ContentLength out of get_object's answer, so that only the cap while reading can stop it."""
+
+    def __init__(self, client, *, keep_length: bool = True):
+        self._client = client
+        self._keep_length = keep_length
+        self.read = 0
+
+    def get_object(self, **kwargs):
+        response = self._client.get_object(**kwargs)
+        if not self._keep_length:
+            del response["ContentLength"]
+        body, observer = response["Body"], self
+
+        class Counted:
+            def read(self, n):
+                chunk = body.read(n)
+                observer.read += len(chunk)
+                return chunk
+
+            def close(self):
+                body.close()
+
+        response["Body"] = Counted()
+        return response
+
+
+def test_byte_cap_from_content_length_refuses_before_reading(objects, env_creds):
     env_creds(objects.admin)
-    with pytest.raises(ImageTooLargeError, match=f"exceeds {len(JPEG) - 1} bytes"):
-        run(load(f"s3://{objects.bucket}/cat.jpg", cfg(objects, max_image_bytes=len(JPEG) - 1)))
+    client = _Observed(objects.client(objects.admin))
+    with pytest.raises(ImageTooLargeError, match=rf"exceeds {len(JPEG) - 1} bytes \(S3 object .* is {len(JPEG)} bytes\)"):
+        run(load(f"s3://{objects.bucket}/cat.jpg", cfg(objects, max_image_bytes=len(JPEG) - 1), s3_client=client))
+    assert client.read == 0
+
+
+def test_byte_cap_while_reading_stops_at_the_cap(objects, env_creds):
+    env_creds(objects.admin)
+    cap = len(JPEG) // 4
+    client = _Observed(objects.client(objects.admin), keep_length=False)
+    with pytest.raises(ImageTooLargeError, match=rf"exceeds {cap} bytes$"):
+        run(load(f"s3://{objects.bucket}/cat.jpg", cfg(objects, max_image_bytes=cap), s3_client=client))
+    assert cap < client.read <= cap + (1 << 20)  # stopped within one read of the cap
 
 
 def test_non_image_object(objects, env_creds):
@@ -174,9 +213,15 @@ def test_non_image_object(objects, env_creds):
         run(load(f"s3://{objects.bucket}/notimage.txt", cfg(objects)))
 
 
-def test_malformed_s3_url():
-    with pytest.raises(UnsupportedImageSourceError, match="s3://bucket/key"):
-        run(load("s3://just-a-bucket", FetchConfig()))
+@pytest.mark.parametrize("url", ["s3://just-a-bucket", "s3:/images/cat.jpg", "s3://images/../images/cat.jpg"])
+def test_malformed_s3_url_is_refused_without_a_request(objects, env_creds, url):
+    env_creds(objects.admin)
+    client = objects.client(objects.admin)
+    calls = []
+    client.meta.events.register("before-call.s3.GetObject", lambda **kw: calls.append(kw))
+    with pytest.raises(UnsupportedImageSourceError):
+        run(load(url, cfg(objects, s3_allowed_buckets=["*"]), s3_client=client))
+    assert calls == []
 
 
 def test_unreachable_endpoint_times_out(env_creds):
@@ -231,7 +276,7 @@ def test_stuck_s3_reads_do_not_starve_the_default_executor(silent_endpoint, env_
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(max_workers=2))
         loader = ImageLoader(fetch, DecodeConfig(), ImageGrid())
-        reads = [asyncio.ensure_future(loader.load(f"s3://b/{i}.jpg")) for i in range(6)]
+        reads = [asyncio.ensure_future(loader.load(f"s3://stuck-bucket/{i}.jpg")) for i in range(6)]
         await asyncio.sleep(0.5)  # every read is in flight or queued behind the 2 S3 threads
         s3_threads = sum(t.name.startswith("s3-read") for t in threading.enumerate())
         started = time.monotonic()

@@ -81,25 +81,57 @@ def test_literal_private_addresses_refused_without_connecting(image_server, conn
     assert image_server.count("/img.jpg") == 0
 
 
-def test_name_resolving_to_private_is_refused_after_dns(connects):
+async def load_logged(url: str, resolver, request_id: str, **fetch_kw):
+    loader = ImageLoader(FetchConfig(**{**GUARDED, **fetch_kw}), DecodeConfig(), ImageGrid(), _resolver=resolver)
+    try:
+        return await loader.load(url, request_id)
+    finally:
+        await loader.aclose()
+
+
+def test_name_resolving_to_private_is_refused_after_dns_naming_no_address(connects, caplog):
+    """The client learns nothing it did not send; the operator's log has the address and the request."""
     calls: list[str] = []
-    with pytest.raises(ImageForbiddenError, match=r"'internal\.test' resolves to 10\.0\.0\.7"):
-        run(load("http://internal.test/img.jpg", resolver=fake_dns({"internal.test": ["10.0.0.7"]}, calls)))
+    dns = fake_dns({"internal.test": ["10.0.0.7"]}, calls)
+    with caplog.at_level("WARNING", logger="serve_app.images.ssrf"):
+        with pytest.raises(ImageForbiddenError) as info:
+            run(load_logged("http://internal.test/img.jpg", dns, "chatcmpl-abc"))
+    assert info.value.message == ssrf.NOT_PUBLIC
+    assert "10.0.0.7" not in info.value.message and "private" not in info.value.message
     assert calls == ["internal.test"]
     assert connects == []
+    assert any(
+        "chatcmpl-abc" in r.getMessage() and "10.0.0.7" in r.getMessage() and "internal.test" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
 
 
 def test_any_private_answer_refuses_the_host(connects):
     dns = fake_dns({"mixed.test": ["93.184.216.34", "127.0.0.1"]})
-    with pytest.raises(ImageForbiddenError, match="127.0.0.1"):
+    with pytest.raises(ImageForbiddenError) as info:
         run(load("http://mixed.test/img.jpg", resolver=dns))
+    assert "127.0.0.1" not in info.value.message
     assert connects == []
 
 
 def test_localhost_through_system_resolver_is_refused(image_server, connects):
     port = image_server.server_address[1]
-    with pytest.raises(ImageForbiddenError, match="loopback"):
+    with pytest.raises(ImageForbiddenError) as info:
         run(load(f"http://localhost:{port}/img.jpg"))
+    assert info.value.message == ssrf.NOT_PUBLIC
+    assert connects == []
+
+
+def test_unresolvable_and_private_names_get_the_same_answer(connects):
+    """With the guard on, "no such name" and "a name inside the network" cannot be told apart."""
+    dns = fake_dns({"db.internal.test": ["10.1.2.3"]})
+    answers = []
+    for host in ("db.internal.test", "nothing.internal.test"):
+        with pytest.raises(ImageForbiddenError) as info:
+            run(load(f"http://{host}/img.jpg", resolver=dns))
+        error = info.value
+        answers.append((type(error), error.status_code, error.code, error.message, error.headers()))
+    assert answers[0] == answers[1]
     assert connects == []
 
 
@@ -115,8 +147,9 @@ def test_connection_is_pinned_to_the_checked_address(image_server, connects, exe
 def test_redirect_to_metadata_address_refused(image_server, connects, exempt_test_server):
     image_server.reset()
     port = image_server.server_address[1]
-    with pytest.raises(ImageForbiddenError, match="169.254.169.254"):
+    with pytest.raises(ImageForbiddenError, match="redirect's target host is a link-local address") as info:
         run(load(f"http://img.test:{port}/redirect-metadata", resolver=fake_dns({"img.test": ["127.0.0.1"]})))
+    assert "169.254" not in info.value.message
     assert image_server.count("/redirect-metadata") == 1
     assert connects == ["127.0.0.1"]
 
@@ -124,8 +157,9 @@ def test_redirect_to_metadata_address_refused(image_server, connects, exempt_tes
 def test_redirect_to_name_resolving_private_refused(image_server, connects, exempt_test_server):
     port = image_server.server_address[1]
     dns = fake_dns({"img.test": ["127.0.0.1"], "other.test": ["192.168.1.1"]})
-    with pytest.raises(ImageForbiddenError, match="other.test"):
+    with pytest.raises(ImageForbiddenError) as info:
         run(load(f"http://img.test:{port}/redirect-elsewhere", resolver=dns))
+    assert info.value.message == ssrf.NOT_PUBLIC  # neither the redirect's host nor its address
     assert connects == ["127.0.0.1"]
 
 
@@ -151,18 +185,26 @@ def test_address_classification(ip, blocked):
     assert (ssrf.blocked_reason(ip) is not None) is blocked
 
 
-def test_host_that_does_not_resolve_is_a_400_without_retries(connects):
+def test_host_that_does_not_resolve_is_refused_once_without_retries(connects):
     calls: list[str] = []
-    with pytest.raises(ImageHostNotFoundError, match="'typo.test' does not resolve") as info:
+    with pytest.raises(ImageForbiddenError) as info:
         run(load("http://typo.test/img.jpg", resolver=fake_dns({}, calls), retries=3))
-    assert (info.value.status_code, info.value.code) == (400, "image_host_not_found")
+    assert (info.value.status_code, info.value.code) == (403, "image_forbidden")
     assert calls == ["typo.test"]  # asked once: a missing name is not an outage to retry
+    assert connects == []
+
+
+def test_without_the_guard_a_host_that_does_not_resolve_is_a_400_image_host_not_found(connects):
+    """Nothing to hide when private addresses may be fetched anyway: the client hears the mistake."""
+    with pytest.raises(ImageHostNotFoundError, match="does not resolve") as info:
+        run(load("http://typo.test/img.jpg", resolver=fake_dns({}), retries=3, block_private_addresses=False))
+    assert (info.value.status_code, info.value.code) == (400, "image_host_not_found")
     assert connects == []
 
 
 def test_reserved_invalid_tld_through_the_system_resolver():
     """RFC 6761: .invalid never resolves, with or without a network."""
-    with pytest.raises(ImageHostNotFoundError):
+    with pytest.raises(ImageForbiddenError, match="does not resolve to a public address"):
         run(load("https://no-such-host.invalid/img.jpg"))
 
 

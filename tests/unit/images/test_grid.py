@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from mistral_common.tokens.tokenizers.image import ImageConfig, ImageEncoder, SpecialImageIDs
 from PIL import Image
 
+from serve_app.compat.mistral_common import image_to_num_tokens
 from serve_app.images import ImageGrid
 
 SIZES = [
@@ -20,7 +21,7 @@ CONFIGS = [(16, 1024, 1), (14, 1540, 2), (16, 1024, 2), (28, 896, 1)]
 
 def reference(patch: int, max_size: int, merge: int, w: int, h: int) -> tuple[int, int]:
     encoder = ImageEncoder(ImageConfig(patch, max_size, merge), SpecialImageIDs(1, 2, 3))
-    return encoder._image_to_num_tokens(Image.new("1", (w, h)))
+    return image_to_num_tokens(encoder, Image.new("1", (w, h)))
 
 
 @pytest.mark.parametrize(("patch", "max_size", "merge"), CONFIGS)

@@ -29,6 +29,7 @@ from mistral_common.tokens.tokenizers.image import (
 )
 from PIL import Image
 
+from serve_app.compat.mistral_common import image_to_num_tokens
 from serve_app.images import ImageGrid
 from serve_app.images.decode import decode_and_resize
 
@@ -43,7 +44,7 @@ DRAFT_P99 = 16.0
 def reference(data: bytes) -> np.ndarray:
     """mistral_common's model input for ``data``, de-normalised back to 0..255 (HxWx3 float)."""
     image = Image.open(io.BytesIO(data))
-    cols, rows = ENCODER._image_to_num_tokens(image)
+    cols, rows = image_to_num_tokens(ENCODER, image)
     out = transform_image(image, (cols * 16, rows * 16)).transpose(1, 2, 0)
     return (out * np.asarray(DATASET_STD, np.float32) + np.asarray(DATASET_MEAN, np.float32)) * 255.0
 
@@ -81,7 +82,7 @@ def test_matches_mistral_common(fmt, w, h):
 
     assert (src_w, src_h) == (w, h)
     assert ours.shape == ref.shape
-    cols, rows = ENCODER._image_to_num_tokens(Image.open(io.BytesIO(data)))
+    cols, rows = image_to_num_tokens(ENCODER, Image.open(io.BytesIO(data)))
     assert ours.shape[:2] == (rows * 16, cols * 16)
     assert GRID.num_tokens(src_w, src_h) == rows * (cols + 1)
 

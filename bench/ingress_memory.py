@@ -1,0 +1,142 @@
+"""Ingress memory under a flood of big bodies: peak RSS of the OpenAIIngress replica while N
+clients each send one body of about ``--body-mib`` MiB at once, with the in-flight body budget
+off and at the given values (``ingress.max_inflight_body_bytes``).
+
+Each body is a valid chat request for a model the app does not serve, with the text that makes
+it big: the ingress reads, copies and parses it and answers 400 model_not_found, so the figure is
+what holding and parsing bodies costs, with no image or engine work. The app is config.cpu.yaml
+on a local Ray (tiny model); RSS is sampled every 20 ms from this run's own Ray processes.
+
+    .venv/bin/python bench/ingress_memory.py --out bench/results/DATE-cpu-ingress-memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+API_KEY = "bench-key"
+OFF = 1 << 40  # a budget no flood reaches: the ingress as it was before the budget
+
+
+def ingress_rss_mib() -> dict[str, float]:
+    """RSS (MiB) of this run's ingress replicas and Serve proxy (descendants of this process)."""
+    out: dict[str, float] = collections.Counter()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline())
+            rss = proc.memory_info().rss / 2**20
+        except psutil.Error:
+            continue
+        if "OpenAIIngress" in title:
+            out["ingress"] += rss
+        elif "ProxyActor" in title:
+            out["proxy"] += rss
+    return dict(out)
+
+
+async def flood(url: str, clients: int, body: bytes, timeout_s: float) -> dict:
+    statuses: collections.Counter = collections.Counter()
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        try:
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                statuses[f"{response.status} {response.headers.get('Retry-After', '')}".strip()] += 1
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            statuses[type(exc).__name__] += 1
+
+    started = time.monotonic()
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        await asyncio.gather(*(one(session) for _ in range(clients)))
+    return {"statuses": dict(statuses), "wall_s": round(time.monotonic() - started, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--body-mib", type=float, default=16)
+    parser.add_argument("--budgets-mib", default="off,256", help="comma-separated; off = no budget")
+    parser.add_argument("--num-cpus", type=int, default=4)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from run import machine, set_dotted, shipped_ray_env  # noqa: E402
+
+    os.environ.update(shipped_ray_env())
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve
+
+    sys.path.insert(0, str(REPO))
+    from serve_app.app import build_app
+
+    document = yaml.safe_load((REPO / "config.cpu.yaml").read_text())
+    app_args = document["applications"][0]["args"]
+    app_args["engine"]["model"] = str(REPO / app_args["engine"]["model"])
+    app_args["ingress"]["api_keys"] = [API_KEY]
+    limit = app_args["ingress"].get("max_request_bytes", 16 * 1024 * 1024)
+    size = min(int(args.body_mib * 2**20), limit) - 1024
+    filler = "x" * (size - 200)
+    body = json.dumps({"model": "not-served", "messages": [{"role": "user", "content": filler}]}).encode()
+
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": 8124, "request_timeout_s": 300})
+    url = "http://127.0.0.1:8124/v1/chat/completions"
+    report: dict = {
+        "machine": {**machine(), "memory_gib": round(psutil.virtual_memory().total / 2**30)},
+        "command": " ".join(sys.argv),
+        "clients": args.clients,
+        "body_bytes": len(body),
+        "ingress": {k: app_args["ingress"].get(k) for k in ("max_ongoing_requests", "max_queued_requests")},
+        "runs": [],
+    }
+    try:
+        for budget in args.budgets_mib.split(","):
+            limit_bytes = OFF if budget == "off" else int(float(budget) * 2**20)
+            set_dotted(app_args, "ingress.max_inflight_body_bytes", limit_bytes)
+            serve.run(build_app(app_args), name="pixtral", route_prefix="/")
+            time.sleep(3)
+            idle = ingress_rss_mib()
+            peak: dict[str, float] = collections.Counter()
+            stop = threading.Event()
+
+            def sample() -> None:
+                while not stop.is_set():
+                    for key, value in ingress_rss_mib().items():
+                        peak[key] = max(peak[key], value)
+                    time.sleep(0.02)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            result = asyncio.run(flood(url, args.clients, body, 280))
+            stop.set()
+            sampler.join(timeout=5)
+            run = {"budget_mib": budget, "idle_rss_mib": {k: round(v) for k, v in idle.items()},
+                   "peak_rss_mib": {k: round(v) for k, v in peak.items()}, **result}
+            report["runs"].append(run)
+            print(json.dumps(run), flush=True)
+            Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Ray Serve internals the app needs, each checked on Ray 2.60.0 (``CHECKED``).
+
+| use | internal | where |
+|---|---|---|
+| ``serve_http_host`` | ``ray.serve.context._get_global_client().http_config.host`` | ingress: refuse key-less serving off loopback |
+| ``probe_queue_lens`` | ``RequestRouter._probe_queue_lens(replicas, backoff_index)`` | routing: ask idle replicas their queue |
+| ``back_off_between_rounds`` | ``PendingRequest.routing_context.should_backoff`` (``RequestRoutingContext`` is in ``ray.serve._private``) | routing |
+| ``end_this_replica`` | ``ray.kill`` of the replica's own actor (public call, but Serve does not offer ending a replica) | LLM replica whose engine died |
+
+Ray's and Serve's error classes for a refused or vanished replica are public
+(``ray.serve.exceptions``, ``ray.exceptions``); they are gathered here so that errors are
+matched by class, not by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+CHECKED = ">=2.60.0,<2.61"
+
+REPLICA_GONE: tuple[type[BaseException], ...] = (ActorDiedError, ActorUnavailableError, DeploymentUnavailableError)
+"""A replica died or cannot be reached: the request may be retried elsewhere."""
+
+__all__ = [
+    "CHECKED",
+    "REPLICA_GONE",
+    "BackPressureError",
+    "back_off_between_rounds",
+    "end_this_replica",
+    "probe_queue_lens",
+    "serve_http_host",
+]
+
+
+def serve_http_host() -> str:
+    """The host Serve's HTTP proxies listen on (``http_options.host``); no public API has it."""
+    from ray.serve.context import _get_global_client
+
+    return str(_get_global_client().http_config.host)
+
+
+async def probe_queue_lens(router: Any, replicas: list[Any]) -> list[tuple[Any, int | None]]:
+    """(replica, queue length or None) for each replica, asked in one round (Serve's deadline)."""
+    return await router._probe_queue_lens(replicas, 0)
+
+
+def back_off_between_rounds(pending_request: Any) -> None:
+    """Tell Serve's routing loop to back off before the next round instead of spinning."""
+    pending_request.routing_context.should_backoff = True
+
+
+def end_this_replica() -> None:
+    """End the calling replica's actor for good, so that Serve replaces it at once."""
+    import ray
+
+    ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
