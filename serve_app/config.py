@@ -371,6 +371,29 @@ class SystemPromptConfig(_Strict):
         return value
 
 
+class ChatFieldsConfig(_Strict):
+    """Caps on the request fields whose cost a client chooses (a field past its cap is a 400 naming it)."""
+
+    max_n: int = Field(
+        4, ge=1, description="Largest n (choices per request); admission charges decode for every choice."
+    )
+    max_top_logprobs: int = Field(20, ge=0, description="Largest top_logprobs (OpenAI's own limit is 20).")
+    max_schema_bytes: int = Field(
+        32 * 1024,
+        ge=256,
+        description="Largest JSON schema (response_format json_schema, each tool's parameters), in bytes of "
+        "compact JSON: the engine compiles a grammar from it for every request.",
+    )
+    max_schema_depth: int = Field(
+        32, ge=2, description="Deepest nesting of objects and lists in one such JSON schema."
+    )
+    compact_json: bool = Field(
+        True,
+        description="Structured outputs leave no whitespace between JSON tokens (vLLM's "
+        "disable_any_whitespace): a model cannot spend its max_tokens on indentation.",
+    )
+
+
 class AppConfig(_Strict):
     """Arguments of the pixtral-serve application (``serve_app.app:build_app``)."""
 
@@ -388,6 +411,9 @@ class AppConfig(_Strict):
     )
     system_prompt: SystemPromptConfig | None = Field(
         None, description="Default system prompt, used only when a request has no system message."
+    )
+    chat_fields: ChatFieldsConfig = Field(
+        default_factory=ChatFieldsConfig, description="Caps on n, top_logprobs and JSON schemas."
     )
 
     @model_validator(mode="after")
