@@ -376,27 +376,98 @@ def completion_body(
     *,
     request_id: str,
     model: str,
-    text: str,
-    finish_reason: str | None,
+    text: str = "",
+    finish_reason: str | None = None,
     prompt_tokens: int,
     completion_tokens: int,
     cached_tokens: int | None = None,
+    choices: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """A chat.completion; ``choices`` (from ``Choices.bodies``) or one choice of ``text``."""
+    if choices is None:
+        choices = [choice_body(0, text, None, finish_reason, None)]
     return {
         "id": request_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish_reason,
-                "logprobs": None,
-            }
-        ],
+        "choices": choices,
         "usage": usage_body(prompt_tokens, completion_tokens, cached_tokens),
     }
+
+
+def openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Parsed calls ``{id, name, arguments}`` in OpenAI's message shape."""
+    return [
+        {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
+        for call in calls
+    ]
+
+
+def choice_body(
+    index: int,
+    text: str,
+    tool_calls: list[dict[str, Any]] | None,
+    finish_reason: str | None,
+    logprobs: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
+    if tool_calls:
+        message["tool_calls"] = openai_tool_calls(tool_calls)
+    return {
+        "index": index,
+        "message": message,
+        "finish_reason": finish_reason,
+        "logprobs": None if logprobs is None else {"content": logprobs},
+    }
+
+
+class Choices:
+    """A generation's chunks gathered per choice, for a non-streamed answer."""
+
+    def __init__(self) -> None:
+        self._choices: dict[int, dict[str, Any]] = {}
+
+    def add(self, chunk: Any) -> None:
+        entry = self._choices.setdefault(
+            chunk.index, {"text": [], "token_ids": [], "logprobs": None, "tool_calls": None, "finish_reason": None}
+        )
+        entry["text"].append(chunk.text)
+        entry["token_ids"].extend(chunk.token_ids)
+        if chunk.logprobs is not None:
+            entry["logprobs"] = (entry["logprobs"] or []) + chunk.logprobs
+        if chunk.tool_calls:
+            entry["tool_calls"] = chunk.tool_calls
+        if chunk.finish_reason is not None:
+            entry["finish_reason"] = chunk.finish_reason
+
+    def bodies(self, *, with_token_ids: bool = False) -> list[dict[str, Any]]:
+        bodies = []
+        for index in sorted(self._choices):
+            entry = self._choices[index]
+            body = choice_body(
+                index, "".join(entry["text"]), entry["tool_calls"], entry["finish_reason"], entry["logprobs"]
+            )
+            if with_token_ids:
+                body["token_ids"] = entry["token_ids"]
+            bodies.append(body)
+        return bodies
+
+
+def chunk_deltas(chunk: Any) -> list[tuple[dict[str, Any], str | None, dict[str, Any] | None]]:
+    """The (delta, finish_reason, logprobs) events one chunk becomes when streamed: its text,
+    then each tool call as OpenAI's deltas (id and name first, then the arguments)."""
+    events: list[tuple[dict[str, Any], str | None, dict[str, Any] | None]] = []
+    logprobs = None if chunk.logprobs is None else {"content": chunk.logprobs}
+    if chunk.text or logprobs:
+        events.append(({"content": chunk.text}, None, logprobs))
+    for i, call in enumerate(chunk.tool_calls or ()):
+        head = {"index": i, "id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": ""}}
+        events.append(({"tool_calls": [head]}, None, None))
+        events.append(({"tool_calls": [{"index": i, "function": {"arguments": call["arguments"]}}]}, None, None))
+    if chunk.finish_reason is not None:
+        events.append(({}, chunk.finish_reason, None))
+    return events
 
 
 def chunk_body(
@@ -408,13 +479,15 @@ def chunk_body(
     finish_reason: str | None,
     usage: dict[str, int] | None = None,
     with_choice: bool = True,
+    index: int = 0,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": request_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}]
         if with_choice
         else [],
     }

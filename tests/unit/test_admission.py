@@ -89,3 +89,13 @@ def test_admission_off_admits_everything():
     for _ in range(100):
         work.admit(prompt_tokens=100_000, max_tokens=1000)
     assert work.requests == 100
+
+
+def test_every_choice_is_charged_its_decode():
+    work = ledger()
+    ticket = work.admit(prompt_tokens=1000, max_tokens=100, choices=3)  # 1 s + 3 x 1 s
+    assert work.pending_s() == pytest.approx(4.0)
+    ticket.progress(completion_tokens=150)  # tokens of all three choices together
+    assert work.pending_s() == pytest.approx(1.5)
+    ticket.release()
+    assert work.pending_s() == pytest.approx(0.0)
