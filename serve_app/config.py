@@ -225,6 +225,13 @@ class EngineConfig(_Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
     enforce_eager: bool = Field(False, description="Skip CUDA graphs / torch.compile (fast start, slower).")
     seed: int = Field(0, description="Engine seed.")
+    compact_json: bool = Field(
+        True,
+        description="Structured outputs (response_format, forced tool calls) leave no whitespace between "
+        "JSON tokens, so a model cannot spend max_tokens on indentation: vLLM's xgrammar backend with "
+        "disable_any_whitespace (an engine setting; vLLM allows it only with a named backend). A schema "
+        "feature xgrammar lacks is then a 400 instead of a fallback to another backend.",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict,
         description="Further AsyncEngineArgs passed through unchanged (checked against vLLM's own fields).",
@@ -386,11 +393,6 @@ class ChatFieldsConfig(_Strict):
     )
     max_schema_depth: int = Field(
         32, ge=2, description="Deepest nesting of objects and lists in one such JSON schema."
-    )
-    compact_json: bool = Field(
-        True,
-        description="Structured outputs leave no whitespace between JSON tokens (vLLM's "
-        "disable_any_whitespace): a model cannot spend its max_tokens on indentation.",
     )
 
 

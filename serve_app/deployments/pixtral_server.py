@@ -96,7 +96,7 @@ class PixtralServer:
             if forced
             else structured.get("json"),
             json_object=bool(structured.get("json_object")),
-            compact_json=self._config.chat_fields.compact_json,
+            compact_json=self._config.engine.compact_json,
             keep_special_tokens=bool(tools) and not forced,  # tool_choice auto: find [TOOL_CALLS]
         )
         ticket = self._ledger.admit(len(prompt.token_ids), settings.max_tokens, settings.n)

@@ -75,6 +75,10 @@ def engine_kwargs(config: EngineConfig, *, distributed_executor_backend: str | N
     if distributed_executor_backend:
         kwargs["distributed_executor_backend"] = distributed_executor_backend
     known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    if config.compact_json and "structured_outputs_config" not in config.extra:
+        from vllm.config import StructuredOutputsConfig
+
+        kwargs["structured_outputs_config"] = StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
     unknown = sorted(set(config.extra) - known)
     if unknown:
         raise ValueError(f"engine.extra has keys vLLM's AsyncEngineArgs does not know: {', '.join(unknown)}")
