@@ -75,7 +75,7 @@ def engine_kwargs(config: EngineConfig, *, distributed_executor_backend: str | N
     if distributed_executor_backend:
         kwargs["distributed_executor_backend"] = distributed_executor_backend
     known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
-    if config.compact_json and "structured_outputs_config" not in config.extra:
+    if config.compact_json and "structured_outputs_config" in known and "structured_outputs_config" not in config.extra:
         from vllm.config import StructuredOutputsConfig
 
         kwargs["structured_outputs_config"] = StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
