@@ -97,6 +97,7 @@ class PixtralServer:
             else structured.get("json"),
             json_object=bool(structured.get("json_object")),
             compact_json=self._config.engine.compact_json,
+            schema_param="tools" if forced else "response_format",
             keep_special_tokens=bool(tools) and not forced,  # tool_choice auto: find [TOOL_CALLS]
         )
         ticket = self._ledger.admit(len(prompt.token_ids), settings.max_tokens, settings.n)

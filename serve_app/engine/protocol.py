@@ -28,6 +28,7 @@ class SamplingSettings:
     json_schema: dict[str, Any] | None = None  # structured outputs: the output is JSON of this schema
     json_object: bool = False  # structured outputs: the output is a JSON object
     compact_json: bool = True  # structured outputs without whitespace between tokens
+    schema_param: str = "response_format"  # the request field the structured output's schema came from
     keep_special_tokens: bool = False  # the text keeps control tokens ([TOOL_CALLS]) for parsing
 
 

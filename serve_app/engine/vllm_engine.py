@@ -177,7 +177,7 @@ class VLLMEngine:
                 **_structured_outputs(sampling),
             )
         except Exception as exc:
-            raise _classify(exc, request_id, structured=_is_structured(sampling)) from exc
+            raise _classify(exc, request_id, structured=_schema_param(sampling)) from exc
 
         tokens_prompt: dict[str, Any] = {"prompt_token_ids": list(prompt.token_ids)}
         if prompt.images:
@@ -197,6 +197,15 @@ class VLLMEngine:
                     # With n > 1 each choice ends on its own; with n == 1 the request's end is its end.
                     finish = choice.finish_reason if (output.finished or sampling.n > 1) else None
                     if finish == "error":
+                        if _is_structured(sampling) and completion_tokens == 0:
+                            # The engine core compiles the grammar after vLLM's own schema checks
+                            # passed; a schema it cannot compile (a $ref cycle with no way out)
+                            # ends the request this way before any token.
+                            raise InvalidRequestError(
+                                "the engine could not build a grammar from this JSON schema",
+                                param=sampling.schema_param,
+                                code="invalid_schema",
+                            )
                         raise EngineError("the engine failed this request")
                     yield GenerationChunk(
                         text=choice.text,
@@ -213,11 +222,16 @@ class VLLMEngine:
         except PixtralServeError:
             raise
         except Exception as exc:
-            raise _classify(exc, request_id, structured=_is_structured(sampling)) from exc
+            raise _classify(exc, request_id, structured=_schema_param(sampling)) from exc
 
 
 def _is_structured(sampling: SamplingSettings) -> bool:
     return sampling.json_schema is not None or sampling.json_object
+
+
+def _schema_param(sampling: SamplingSettings) -> str | None:
+    """The request field a grammar error is about (None without structured outputs)."""
+    return sampling.schema_param if _is_structured(sampling) else None
 
 
 def _structured_outputs(sampling: SamplingSettings) -> dict[str, Any]:
@@ -307,9 +321,9 @@ def _is_client_error(exc: BaseException) -> bool:
     return any(cls.__name__ in {"VLLMValidationError", "VLLMClientError"} for cls in type(exc).__mro__)
 
 
-def _classify(exc: BaseException, request_id: str, *, structured: bool = False) -> PixtralServeError:
+def _classify(exc: BaseException, request_id: str, *, structured: str | None = None) -> PixtralServeError:
     """vLLM's exceptions as ours: its client-error classes are 400s (a grammar the engine cannot
-    build names ``response_format`` when the request has one); anything else is logged and
+    build names the field its schema came from, ``structured``); anything else is logged and
     becomes a 500 that names the request id and carries no internal text."""
     from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -321,7 +335,7 @@ def _classify(exc: BaseException, request_id: str, *, structured: bool = False) 
         if candidate is not None and _is_client_error(candidate):
             parameter = getattr(candidate, "parameter", None)
             if structured and parameter is None:
-                parameter = "response_format"
+                parameter = structured
             message = candidate.args[0] if candidate.args and isinstance(candidate.args[0], str) else "invalid"
             return InvalidRequestError(f"the engine refused the request: {message}", param=parameter)
     logger.error("engine failure in request %s", request_id, exc_info=exc)
