@@ -197,10 +197,10 @@ class VLLMEngine:
                     # With n > 1 each choice ends on its own; with n == 1 the request's end is its end.
                     finish = choice.finish_reason if (output.finished or sampling.n > 1) else None
                     if finish == "error":
-                        if _is_structured(sampling) and completion_tokens == 0:
+                        if _is_structured(sampling) and first:
                             # The engine core compiles the grammar after vLLM's own schema checks
                             # passed; a schema it cannot compile (a $ref cycle with no way out)
-                            # ends the request this way before any token.
+                            # ends the request this way before anything was sent.
                             raise InvalidRequestError(
                                 "the engine could not build a grammar from this JSON schema",
                                 param=sampling.schema_param,
