@@ -164,8 +164,10 @@ async def post_chat(session, url: str, body: dict, headers: dict) -> dict:
 
 
 async def run_conversations(url: str, model: str, convs: list[Conversation], images: ImageStore, *,
-                            concurrency: int, request: dict, api_key: str, timeout_s: float) -> dict:
-    """Every conversation's turns in order, ``concurrency`` conversations at once; bounded."""
+                            concurrency: int, request: dict, api_key: str, timeout_s: float,
+                            extra_body: dict | None = None) -> dict:
+    """Every conversation's turns in order, ``concurrency`` conversations at once; bounded.
+    ``extra_body`` (a workload's ``body``) is merged into every request (e.g. response_format)."""
     sem = asyncio.Semaphore(concurrency)
     headers = {"Authorization": f"Bearer {api_key}"}
     results: list[dict] = []
@@ -179,7 +181,7 @@ async def run_conversations(url: str, model: str, convs: list[Conversation], ima
                 messages.append({"role": "user", "content": user_content(text, urls if turn == 0 else [])})
                 body = {"model": model, "messages": messages, "max_tokens": request["max_tokens"],
                         "ignore_eos": request["ignore_eos"], "stream": True,
-                        "stream_options": {"include_usage": True}}
+                        "stream_options": {"include_usage": True}, **(extra_body or {})}
                 r = await post_chat(session, url, body, headers)
                 r["turn"] = turn
                 results.append(r)

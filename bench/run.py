@@ -213,7 +213,8 @@ class Run:
         warm, convs = self.plan(name, wl)
         url, model = f"http://127.0.0.1:{PORT}", self.spec["model"]["served_name"]
         limit = max(30.0, min(600.0, self.deadline - time.monotonic() - 20))
-        kw = dict(concurrency=wl["concurrency"], request=self.spec["request"], api_key=API_KEY, timeout_s=limit)
+        kw = dict(concurrency=wl["concurrency"], request=self.spec["request"], api_key=API_KEY, timeout_s=limit,
+                  extra_body=wl.get("body"))
         warm_r = asyncio.run(load.run_conversations(url, model, warm, self.images, **kw))
         gpu, cpu = load.GpuSampler().start() if shutil.which("nvidia-smi") else None, load.ProcCpu([session]).start()
         r = asyncio.run(load.run_conversations(url, model, convs, self.images, **kw))

@@ -237,6 +237,13 @@ class EngineConfig(_Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
     enforce_eager: bool = Field(False, description="Skip CUDA graphs / torch.compile (fast start, slower).")
     seed: int = Field(0, description="Engine seed.")
+    compact_json: bool = Field(
+        True,
+        description="Structured outputs (response_format, forced tool calls) leave no whitespace between "
+        "JSON tokens, so a model cannot spend max_tokens on indentation: vLLM's xgrammar backend with "
+        "disable_any_whitespace (an engine setting; vLLM allows it only with a named backend). A schema "
+        "feature xgrammar lacks is then a 400 instead of a fallback to another backend.",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict,
         description="Further AsyncEngineArgs passed through unchanged (checked against vLLM's own fields).",
@@ -414,6 +421,24 @@ class SystemPromptConfig(_Strict):
         return value
 
 
+class ChatFieldsConfig(_Strict):
+    """Caps on the request fields whose cost a client chooses (a field past its cap is a 400 naming it)."""
+
+    max_n: int = Field(
+        4, ge=1, description="Largest n (choices per request); admission charges decode for every choice."
+    )
+    max_top_logprobs: int = Field(20, ge=0, description="Largest top_logprobs (OpenAI's own limit is 20).")
+    max_schema_bytes: int = Field(
+        32 * 1024,
+        ge=256,
+        description="Largest JSON schema (response_format json_schema, each tool's parameters), in bytes of "
+        "compact JSON: the engine compiles a grammar from it for every request.",
+    )
+    max_schema_depth: int = Field(
+        32, ge=2, description="Deepest nesting of objects and lists in one such JSON schema."
+    )
+
+
 class AppConfig(_Strict):
     """Arguments of the pixtral-serve application (``serve_app.app:build_app``)."""
 
@@ -431,6 +456,9 @@ class AppConfig(_Strict):
     )
     system_prompt: SystemPromptConfig | None = Field(
         None, description="Default system prompt, used only when a request has no system message."
+    )
+    chat_fields: ChatFieldsConfig = Field(
+        default_factory=ChatFieldsConfig, description="Caps on n, top_logprobs and JSON schemas."
     )
 
     @model_validator(mode="after")

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.api.errors import as_service_error
 from serve_app.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from serve_app.config import ChatFieldsConfig
+
+# OpenAI's and mistral_common's rule for function and schema names.
+NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 
 
 class _Wire(BaseModel):
@@ -55,15 +61,90 @@ class ImageURLPart(_Wire):
 ContentPart = Annotated[TextPart | ImageURLPart, Field(discriminator="type")]
 
 
+class FunctionCall(_Wire):
+    name: str = Field(pattern=NAME_PATTERN)
+    arguments: UnicodeText = Field(description="The arguments as a JSON object, serialized (OpenAI's shape).")
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_object(cls, value: str) -> str:
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):
+            raise ValueError("arguments must be a JSON object serialized as a string") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("arguments must be a JSON object serialized as a string")
+        return value
+
+
+class ToolCall(_Wire):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Wire):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, min_length=1)
+    tool_call_id: str | None = Field(None, min_length=1, max_length=256)
 
     @field_validator("content")
     @classmethod
     def _unicode_content(cls, value: Any) -> Any:
         return _valid_unicode(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _role_fields(self) -> "ChatMessage":
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (it may be null only in an assistant message with tool_calls)")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.tool_call_id is not None) != (self.role == "tool"):
+            raise ValueError("tool messages need tool_call_id, and only they have it")
+        return self
+
+
+class FunctionDefinition(_Wire):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: UnicodeText | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Wire):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Wire):
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class NamedToolChoice(_Wire):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class JSONSchemaFormat(_Wire):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Wire):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> "ResponseFormat":
+        if (self.json_schema is not None) != (self.type == "json_schema"):
+            raise ValueError('json_schema is required with type "json_schema", and only there')
+        return self
 
 
 class StreamOptions(_Wire):
@@ -83,19 +164,70 @@ class ChatCompletionRequest(_Wire):
     seed: int | None = Field(None, ge=-(2**63), lt=2**63, description="A 64-bit integer, as OpenAI's.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, description="Choices to generate; the cap is chat_fields.max_n.")
     user: str | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, description="The cap is chat_fields.max_top_logprobs.")
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    top_k: int | None = Field(None, ge=-1, description="vLLM extension: -1 or 0 = all tokens.")
+    min_p: float = Field(0.0, ge=0, le=1, description="vLLM extension.")
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="vLLM extension.")
     ignore_eos: bool = Field(False, description="vLLM extension: keep generating past EOS (benchmarks).")
     return_token_ids: bool = Field(
         False, description="vLLM extension: add prompt_token_ids to the response and token_ids to the choice."
     )
 
-    @field_validator("n")
-    @classmethod
-    def _single_choice(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("only n=1 is supported")
-        return value
+    @model_validator(mode="after")
+    def _consistent_fields(self) -> "ChatCompletionRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequestError("top_logprobs needs logprobs: true", param="top_logprobs")
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) != len(names):
+            raise InvalidRequestError("tools have duplicate function names", param="tools")
+        choice = self.tool_choice
+        if choice is not None and choice != "none" and not names:
+            raise InvalidRequestError(f"tool_choice {self.tool_choice_mode()!r} needs tools", param="tool_choice")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise InvalidRequestError(
+                f"tool_choice names {choice.function.name!r}, which is not in tools", param="tool_choice"
+            )
+        structured = self.response_format is not None and self.response_format.type != "text"
+        if structured and self.tool_choice_mode() == "auto":
+            # One grammar per generation: the answer cannot be both free to call a tool and held to a schema.
+            raise InvalidRequestError(
+                "response_format json_object/json_schema together with tools needs tool_choice "
+                '"none", "required" or a named function (tool_choice "auto" is not supported with it)',
+                param="response_format",
+            )
+        return self
+
+    def tool_choice_mode(self) -> str:
+        """none | auto | required | function (a named one); OpenAI's default is auto with tools."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "function"
+        if self.tool_choice is None:
+            return "auto" if self.tools else "none"
+        return self.tool_choice
+
+    def check_limits(self, limits: "ChatFieldsConfig") -> None:
+        """The server's caps on ``n``, ``top_logprobs`` and JSON schemas (400 naming the field)."""
+        if self.n > limits.max_n:
+            raise InvalidRequestError(f"n={self.n} is more than this server allows ({limits.max_n})", param="n")
+        if self.top_logprobs is not None and self.top_logprobs > limits.max_top_logprobs:
+            raise InvalidRequestError(
+                f"top_logprobs={self.top_logprobs} is more than this server allows ({limits.max_top_logprobs})",
+                param="top_logprobs",
+            )
+        if self.response_format is not None and self.response_format.json_schema is not None:
+            check_json_schema(self.response_format.json_schema.json_schema, limits, param="response_format")
+        for i, tool in enumerate(self.tools or []):
+            if tool.function.parameters is not None:
+                check_json_schema(tool.function.parameters, limits, param=f"tools[{i}].function.parameters")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -127,15 +259,90 @@ class ChatCompletionRequest(_Wire):
         """Messages as plain dicts with image URLs dropped (the pool already has them)."""
         plain = []
         for message in self.messages:
-            if isinstance(message.content, str):
+            if message.content is None or isinstance(message.content, str):
                 content: Any = message.content
             else:
                 content = [
                     {"type": "text", "text": part.text} if isinstance(part, TextPart) else {"type": "image_url"}
                     for part in message.content
                 ]
-            plain.append({"role": message.role, "content": content})
+            entry: dict[str, Any] = {"role": message.role, "content": content}
+            if message.tool_calls:
+                entry["tool_calls"] = [
+                    {"id": call.id, "name": call.function.name, "arguments": call.function.arguments}
+                    for call in message.tool_calls
+                ]
+            if message.tool_call_id is not None:
+                entry["tool_call_id"] = message.tool_call_id
+            plain.append(entry)
         return plain
+
+    def plain_tools(self) -> list[dict[str, Any]]:
+        """The tools the prompt offers (none with tool_choice "none"), as plain dicts."""
+        if self.tool_choice_mode() == "none":
+            return []
+        return [
+            {
+                "name": tool.function.name,
+                "description": tool.function.description or "",
+                "parameters": tool.function.parameters or {"type": "object", "properties": {}},
+            }
+            for tool in self.tools or []
+        ]
+
+    def structured_output(self) -> dict[str, Any] | None:
+        """What the engine must hold the output to: ``{"json": schema}``, ``{"json_object": True}``,
+        ``{"tools": [...], "named": name|None, "parallel": bool}`` for a forced tool call, or None."""
+        mode = self.tool_choice_mode()
+        if mode in ("required", "function"):
+            named = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+            return {"tools": self.plain_tools(), "named": named, "parallel": self.parallel_tool_calls}
+        if self.response_format is None or self.response_format.type == "text":
+            return None
+        if self.response_format.json_schema is not None:
+            return {"json": self.response_format.json_schema.json_schema}
+        return {"json_object": True}
+
+
+def check_json_schema(schema: dict[str, Any], limits: "ChatFieldsConfig", *, param: str) -> None:
+    """A JSON schema within the server's size and depth caps that jsonschema accepts as a schema,
+    or InvalidRequestError naming ``param`` (the engine compiles a grammar from it)."""
+    import jsonschema
+
+    size = len(json.dumps(schema, separators=(",", ":")))
+    if size > limits.max_schema_bytes:
+        raise InvalidRequestError(
+            f"the JSON schema is {size} bytes; this server takes at most {limits.max_schema_bytes}",
+            param=param,
+            code="schema_too_large",
+        )
+    depth = _nesting_depth(schema)
+    if depth > limits.max_schema_depth:
+        raise InvalidRequestError(
+            f"the JSON schema nests {depth} levels deep; this server takes at most {limits.max_schema_depth}",
+            param=param,
+            code="schema_too_large",
+        )
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise InvalidRequestError(f"invalid JSON schema: {exc.message}", param=param, code="invalid_schema") from None
+
+
+def _nesting_depth(value: Any) -> int:
+    """Levels of objects and lists in ``value``, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
@@ -169,27 +376,98 @@ def completion_body(
     *,
     request_id: str,
     model: str,
-    text: str,
-    finish_reason: str | None,
+    text: str = "",
+    finish_reason: str | None = None,
     prompt_tokens: int,
     completion_tokens: int,
     cached_tokens: int | None = None,
+    choices: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """A chat.completion; ``choices`` (from ``Choices.bodies``) or one choice of ``text``."""
+    if choices is None:
+        choices = [choice_body(0, text, None, finish_reason, None)]
     return {
         "id": request_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish_reason,
-                "logprobs": None,
-            }
-        ],
+        "choices": choices,
         "usage": usage_body(prompt_tokens, completion_tokens, cached_tokens),
     }
+
+
+def openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Parsed calls ``{id, name, arguments}`` in OpenAI's message shape."""
+    return [
+        {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
+        for call in calls
+    ]
+
+
+def choice_body(
+    index: int,
+    text: str,
+    tool_calls: list[dict[str, Any]] | None,
+    finish_reason: str | None,
+    logprobs: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
+    if tool_calls:
+        message["tool_calls"] = openai_tool_calls(tool_calls)
+    return {
+        "index": index,
+        "message": message,
+        "finish_reason": finish_reason,
+        "logprobs": None if logprobs is None else {"content": logprobs},
+    }
+
+
+class Choices:
+    """A generation's chunks gathered per choice, for a non-streamed answer."""
+
+    def __init__(self) -> None:
+        self._choices: dict[int, dict[str, Any]] = {}
+
+    def add(self, chunk: Any) -> None:
+        entry = self._choices.setdefault(
+            chunk.index, {"text": [], "token_ids": [], "logprobs": None, "tool_calls": None, "finish_reason": None}
+        )
+        entry["text"].append(chunk.text)
+        entry["token_ids"].extend(chunk.token_ids)
+        if chunk.logprobs is not None:
+            entry["logprobs"] = (entry["logprobs"] or []) + chunk.logprobs
+        if chunk.tool_calls:
+            entry["tool_calls"] = chunk.tool_calls
+        if chunk.finish_reason is not None:
+            entry["finish_reason"] = chunk.finish_reason
+
+    def bodies(self, *, with_token_ids: bool = False) -> list[dict[str, Any]]:
+        bodies = []
+        for index in sorted(self._choices):
+            entry = self._choices[index]
+            body = choice_body(
+                index, "".join(entry["text"]), entry["tool_calls"], entry["finish_reason"], entry["logprobs"]
+            )
+            if with_token_ids:
+                body["token_ids"] = entry["token_ids"]
+            bodies.append(body)
+        return bodies
+
+
+def chunk_deltas(chunk: Any) -> list[tuple[dict[str, Any], str | None, dict[str, Any] | None]]:
+    """The (delta, finish_reason, logprobs) events one chunk becomes when streamed: its text,
+    then each tool call as OpenAI's deltas (id and name first, then the arguments)."""
+    events: list[tuple[dict[str, Any], str | None, dict[str, Any] | None]] = []
+    logprobs = None if chunk.logprobs is None else {"content": chunk.logprobs}
+    if chunk.text or logprobs:
+        events.append(({"content": chunk.text}, None, logprobs))
+    for i, call in enumerate(chunk.tool_calls or ()):
+        head = {"index": i, "id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": ""}}
+        events.append(({"tool_calls": [head]}, None, None))
+        events.append(({"tool_calls": [{"index": i, "function": {"arguments": call["arguments"]}}]}, None, None))
+    if chunk.finish_reason is not None:
+        events.append(({}, chunk.finish_reason, None))
+    return events
 
 
 def chunk_body(
@@ -201,13 +479,15 @@ def chunk_body(
     finish_reason: str | None,
     usage: dict[str, int] | None = None,
     with_choice: bool = True,
+    index: int = 0,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": request_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}]
         if with_choice
         else [],
     }

@@ -20,7 +20,9 @@ from serve_app.api.body_budget import BodyBudget, BodyHold
 from serve_app.api.errors import error_response, sse_error_event, unwrap, unwrap_cause
 from serve_app.api.models import (
     ChatCompletionRequest,
+    Choices,
     chunk_body,
+    chunk_deltas,
     completion_body,
     parse_chat_request_off_loop,
     usage_body,
@@ -181,6 +183,15 @@ class OpenAIIngress:
             "stop": chat.stop,
             "seed": chat.seed,
             "ignore_eos": chat.ignore_eos,
+            "n": chat.n,
+            "presence_penalty": chat.presence_penalty,
+            "frequency_penalty": chat.frequency_penalty,
+            "repetition_penalty": chat.repetition_penalty,
+            "top_k": chat.top_k,
+            "min_p": chat.min_p,
+            "logprobs": (chat.top_logprobs or 0) if chat.logprobs else None,
+            "tools": chat.plain_tools(),
+            "structured": chat.structured_output(),
         }
         messages = chat.plain_messages()
         key = ""
@@ -191,28 +202,26 @@ class OpenAIIngress:
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
             return StreamingResponse(
-                self._sse(request_id, first, stream, include_usage),
+                self._sse(request_id, first, stream, include_usage, chat.n),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_replica_header(first, self._config.ingress.replica_header)},
             )
-        texts, token_ids = [first.text], list(first.token_ids)
+        choices = Choices()
+        choices.add(first)
         last = first
         async for chunk in stream:
-            texts.append(chunk.text)
-            token_ids.extend(chunk.token_ids)
+            choices.add(chunk)
             last = chunk
         body = completion_body(
             request_id=request_id,
             model=self._config.served_model_name,
-            text="".join(texts),
-            finish_reason=last.finish_reason,
+            choices=choices.bodies(with_token_ids=chat.return_token_ids),
             prompt_tokens=last.prompt_tokens,
             completion_tokens=last.completion_tokens,
             cached_tokens=last.cached_tokens,
         )
         if chat.return_token_ids:
             body["prompt_token_ids"] = first.prompt_token_ids
-            body["choices"][0]["token_ids"] = token_ids
         return JSONResponse(body, headers=_replica_header(first, self._config.ingress.replica_header))
 
     async def _first_chunk(
@@ -273,6 +282,7 @@ class OpenAIIngress:
                 param=field,
                 code="max_tokens_too_large",
             )
+        chat.check_limits(self._config.chat_fields)
         return chat
 
     async def _prepare_images(self, chat: ChatCompletionRequest, request_id: str) -> list[Any]:
@@ -309,7 +319,7 @@ class OpenAIIngress:
             raise
 
     async def _sse(
-        self, request_id: str, first: Any, stream: Any, include_usage: bool
+        self, request_id: str, first: Any, stream: Any, include_usage: bool, choices: int = 1
     ) -> AsyncIterator[str]:
         model = self._config.served_model_name
         created = int(time.time())
@@ -317,22 +327,22 @@ class OpenAIIngress:
         def event(body: dict[str, Any]) -> str:
             return f"data: {json.dumps(body)}\n\n"
 
-        yield event(
-            chunk_body(
-                request_id=request_id, model=model, created=created,
-                delta={"role": "assistant", "content": ""}, finish_reason=None,
+        for index in range(choices):
+            yield event(
+                chunk_body(
+                    request_id=request_id, model=model, created=created,
+                    delta={"role": "assistant", "content": ""}, finish_reason=None, index=index,
+                )
             )
-        )
         last = first
         try:
             chunk = first
             while True:
-                if chunk.text or chunk.finish_reason:
+                for delta, finish_reason, logprobs in chunk_deltas(chunk):
                     yield event(
                         chunk_body(
-                            request_id=request_id, model=model, created=created,
-                            delta={"content": chunk.text} if chunk.text else {},
-                            finish_reason=chunk.finish_reason,
+                            request_id=request_id, model=model, created=created, delta=delta,
+                            finish_reason=finish_reason, index=chunk.index, logprobs=logprobs,
                         )
                     )
                 last = chunk

@@ -19,6 +19,7 @@ from serve_app.engine.protocol import Engine, GenerationChunk, SamplingSettings
 from serve_app.engine.stall import StallWatch
 from serve_app.engine.stream import coalesce
 from serve_app.engine.system_prompt import DefaultSystemPrompt
+from serve_app.engine.tools import forced_call_schema, with_tool_calls
 from serve_app.errors import EngineOverloadedError, InvalidRequestError
 from serve_app.images import PreparedImage
 
@@ -74,7 +75,11 @@ class PixtralServer:
             raise EngineOverloadedError("the engine is restarting; retry the request")
         if self._system_prompt is not None:
             messages = self._system_prompt.apply(messages)
-        prompt = await asyncio.to_thread(self._prompts.build, messages, images)
+        sampling = dict(sampling)
+        tools = sampling.pop("tools", None) or []
+        structured = sampling.pop("structured", None) or {}
+        forced = "tools" in structured
+        prompt = await asyncio.to_thread(self._prompts.build, messages, images, tools, force_tool_call=forced)
         room = self._config.engine.max_model_len - len(prompt.token_ids)
         if room < 1:
             raise InvalidRequestError(
@@ -83,7 +88,7 @@ class PixtralServer:
                 param="messages",
                 code="context_length_exceeded",
             )
-        requested = sampling.get("max_tokens")
+        requested = sampling.pop("max_tokens", None)
         if requested is not None and requested > room:
             raise InvalidRequestError(
                 f"max_tokens={requested} does not fit: the prompt is {len(prompt.token_ids)} tokens and "
@@ -92,15 +97,27 @@ class PixtralServer:
                 code="context_length_exceeded",
             )
         settings = SamplingSettings(
-            **{**sampling, "max_tokens": requested or min(self._config.default_max_tokens, room)}
+            **sampling,
+            max_tokens=requested or min(self._config.default_max_tokens, room),
+            json_schema=forced_call_schema(tools, structured["named"], structured["parallel"])
+            if forced
+            else structured.get("json"),
+            json_object=bool(structured.get("json_object")),
+            compact_json=self._config.engine.compact_json,
+            schema_param="tools" if forced else "response_format",
+            keep_special_tokens=bool(tools) and not forced,  # tool_choice auto: find [TOOL_CALLS]
         )
         # Admission charges only the prefill the engine's prefix cache will not answer.
         cache = self._cache_estimate
         lookup = cache.lookup(prompt.token_ids, prompt.image_ids) if cache else None
-        ticket = self._ledger.admit(len(prompt.token_ids) - (lookup.cached_tokens if lookup else 0), settings.max_tokens)
+        ticket = self._ledger.admit(
+            len(prompt.token_ids) - (lookup.cached_tokens if lookup else 0), settings.max_tokens, settings.n
+        )
         if lookup:
             cache.remember(lookup)
         chunks = self._engine.generate(prompt, settings, request_id)
+        if tools:
+            chunks = with_tool_calls(chunks, prompt.tool_call_ids, forced=forced)
         try:
             # Closed at once, not when collected, when the client goes away: coalesce then
             # closes the engine stream, which aborts the engine request.

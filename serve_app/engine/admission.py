@@ -80,8 +80,11 @@ class WorkLedger:
         decode = min(max_tokens, self._config.output_tokens_estimate)
         return prompt_tokens / self._config.prefill_tokens_per_s + decode / self._config.decode_tokens_per_s
 
-    def admit(self, prompt_tokens: int, max_tokens: int) -> Ticket:
-        """A ticket for the request, or ``ServerOverloadedError`` while the engine holds too much."""
+    def admit(self, prompt_tokens: int, max_tokens: int, choices: int = 1) -> Ticket:
+        """A ticket for the request, or ``ServerOverloadedError`` while the engine holds too much.
+
+        ``choices`` (n) multiplies decode: every choice is its own sequence; the prompt is
+        prefilled once (they share it). ``Ticket.progress`` then takes every choice's tokens."""
         limit = self._config.max_pending_s
         pending = self.pending_s()
         if limit is not None and pending > limit:
@@ -90,7 +93,7 @@ class WorkLedger:
                 f"the engine holds {pending:.0f} s of queued work (limit {limit:g} s); retry the request later",
                 retry_after_s=self._retry_after_s(excess),
             )
-        decode = min(max_tokens, self._config.output_tokens_estimate)
+        decode = min(max_tokens, self._config.output_tokens_estimate) * choices
         self._adjust(prompt_tokens, decode)
         self._requests += 1
         return Ticket(self, prompt_tokens, decode)

@@ -25,8 +25,10 @@ from mistral_common.exceptions import (
     InvalidUserMessageException,
 )
 from mistral_common.protocol.instruct.chunk import ImageChunk, TextChunk
-from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+from mistral_common.exceptions import InvalidFunctionCallException, InvalidToolException, InvalidToolMessageException
+from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, ToolMessage, UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
+from mistral_common.protocol.instruct.tool_calls import Function, FunctionCall, Tool, ToolCall
 from mistral_common.tokens.tokenizers.image import ImageEncoder, ImageEncoding
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from PIL import Image
@@ -35,6 +37,7 @@ from serve_app.compat.mistral_common import image_to_num_tokens
 from serve_app.errors import InvalidRequestError, TooManyImagesError
 from serve_app.images.grid import ImageGrid
 from serve_app.images.prepared import PreparedImage
+from serve_app.engine.tools import TOOL_CALLS_MARKER, ToolCallIds
 
 PACKAGED_PREFIX = "mistral_common:"
 # mistral_common's request validator raises these for conversations a client got wrong (order of
@@ -45,6 +48,9 @@ _CONVERSATION_ERRORS = (
     InvalidRequestException,
     InvalidSystemPromptException,
     InvalidUserMessageException,
+    InvalidFunctionCallException,
+    InvalidToolException,
+    InvalidToolMessageException,
 )
 MISTRAL_COMMON_DATA = Path(mistral_common.__file__).parent / "data"
 
@@ -111,6 +117,7 @@ class ChatPrompt:
     token_ids: list[int]
     images: list[Image.Image]
     image_ids: list[str]
+    tool_call_ids: ToolCallIds | None = None  # the client's tool-call ids as the prompt carries them
 
 
 class PixtralPromptBuilder:
@@ -137,13 +144,24 @@ class PixtralPromptBuilder:
     def decode(self, token_ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(token_ids))
 
-    def build(self, messages: Sequence[dict[str, Any]], images: Sequence[PreparedImage]) -> ChatPrompt:
+    def build(
+        self,
+        messages: Sequence[dict[str, Any]],
+        images: Sequence[PreparedImage],
+        tools: Sequence[dict[str, Any]] = (),
+        *,
+        force_tool_call: bool = False,
+    ) -> ChatPrompt:
         """Tokenize OpenAI-shaped ``messages``; ``images`` fill their image parts in order.
 
         Each message is ``{"role": ..., "content": str | [{"type": "text", "text": ...} |
-        {"type": "image_url"}]}`` (already validated by the API models).
+        {"type": "image_url"}], "tool_calls"?: [{"id", "name", "arguments"}], "tool_call_id"?}``
+        (already validated by the API models); ``tools`` are ``{"name", "description",
+        "parameters"}``. ``force_tool_call`` ends the prompt with ``[TOOL_CALLS]``, so the model
+        continues with its call list.
         """
         pending = list(images)
+        ids = ToolCallIds()
         converted = []
         for message in messages:
             role = message["role"]
@@ -151,22 +169,46 @@ class PixtralPromptBuilder:
             if role == "system":
                 converted.append(SystemMessage(content=_text_of(content, role)))
             elif role == "assistant":
-                converted.append(AssistantMessage(content=_text_of(content, role)))
+                calls = [
+                    ToolCall(id=ids.to_mistral(call["id"]), function=FunctionCall(name=call["name"], arguments=call["arguments"]))
+                    for call in message.get("tool_calls") or ()
+                ]
+                text = None if content is None else _text_of(content, role)
+                converted.append(AssistantMessage(content=text or None, tool_calls=calls or None))
+            elif role == "tool":
+                converted.append(
+                    ToolMessage(content=_text_of(content, role), tool_call_id=ids.to_mistral(message["tool_call_id"]))
+                )
             elif role == "user":
                 converted.append(UserMessage(content=_user_chunks(content, pending)))
             else:
                 raise InvalidRequestError(f"unsupported message role {role!r}", param="messages")
         if pending:
             raise TooManyImagesError(f"{len(pending)} image(s) were given without an image_url part")
+        offered = [
+            Tool(function=Function(name=t["name"], description=t["description"], parameters=t["parameters"]))
+            for t in tools
+        ]
         try:
-            encoded = self._tokenizer.encode_chat_completion(ChatCompletionRequest(messages=converted))
+            encoded = self._tokenizer.encode_chat_completion(
+                ChatCompletionRequest(messages=converted, tools=offered or None)
+            )
         except _CONVERSATION_ERRORS as exc:
             raise InvalidRequestError(f"messages cannot be encoded for Pixtral: {exc}", param="messages") from exc
+        tokens = list(encoded.tokens)
+        if force_tool_call:
+            tokens.append(self.tool_calls_token)
         return ChatPrompt(
-            token_ids=list(encoded.tokens),
+            token_ids=tokens,
             images=[pixels.pil_image for pixels in encoded.images],
             image_ids=[pixels.content_id for pixels in encoded.images],
+            tool_call_ids=ids,
         )
+
+    @property
+    def tool_calls_token(self) -> int:
+        """The id of ``[TOOL_CALLS]``, the control token a Mistral model starts its calls with."""
+        return self._tokenizer.instruct_tokenizer.tokenizer.get_special_token(TOOL_CALLS_MARKER)
 
 
 def _text_of(content: str | list[dict[str, Any]], role: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Protocol
 
 from serve_app.engine.prompt import ChatPrompt
 
@@ -18,11 +18,24 @@ class SamplingSettings:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     ignore_eos: bool = False
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    top_k: int | None = None
+    min_p: float = 0.0
+    logprobs: int | None = None  # alternatives per token (0: the chosen token's own logprob only)
+    json_schema: dict[str, Any] | None = None  # structured outputs: the output is JSON of this schema
+    json_object: bool = False  # structured outputs: the output is a JSON object
+    compact_json: bool = True  # structured outputs without whitespace between tokens
+    schema_param: str = "response_format"  # the request field the structured output's schema came from
+    keep_special_tokens: bool = False  # the text keeps control tokens ([TOOL_CALLS]) for parsing
 
 
 @dataclass(frozen=True)
 class GenerationChunk:
-    """One step of a generation: new text since the last chunk, running counts."""
+    """One step of one choice of a generation: new text since that choice's last chunk, running
+    counts (``completion_tokens`` counts every choice's tokens)."""
 
     text: str
     token_ids: list[int]
@@ -32,6 +45,9 @@ class GenerationChunk:
     prompt_token_ids: list[int] | None = None  # on the first chunk only
     cached_tokens: int | None = None  # prompt tokens the engine's prefix cache answered, when known
     replica: str | None = None  # the LLM replica that answered (set on the first chunk by PixtralServer)
+    index: int = 0  # which choice (n > 1)
+    logprobs: list[dict[str, Any]] | None = None  # OpenAI's logprobs.content entries of this chunk's tokens
+    tool_calls: list[dict[str, Any]] | None = None  # parsed calls {id, name, arguments}, on a choice's last chunk
 
 
 class Engine(Protocol):

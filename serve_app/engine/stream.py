@@ -19,11 +19,13 @@ from serve_app.engine.protocol import GenerationChunk
 
 
 def merge(held: GenerationChunk, newer: GenerationChunk) -> GenerationChunk:
-    """One chunk that says what ``held`` then ``newer`` said."""
+    """One chunk that says what ``held`` then ``newer`` said (of the same choice)."""
+    logprobs = None if held.logprobs is None and newer.logprobs is None else [*(held.logprobs or ()), *(newer.logprobs or ())]
     return dataclasses.replace(
         newer,
         text=held.text + newer.text,
         token_ids=[*held.token_ids, *newer.token_ids],
+        logprobs=logprobs,
         prompt_token_ids=held.prompt_token_ids if held.prompt_token_ids is not None else newer.prompt_token_ids,
         cached_tokens=newer.cached_tokens if newer.cached_tokens is not None else held.cached_tokens,
     )
@@ -66,6 +68,9 @@ async def coalesce(chunks: AsyncIterator[GenerationChunk], interval_s: float) ->
                     out, held = held, None
                     yield out
                 raise
+            if held is not None and held.index != chunk.index:  # another choice: what is held goes first
+                out, held = held, None
+                yield out
             held = chunk if held is None else merge(held, chunk)
             if sent_at is None or held.finish_reason is not None or loop.time() - sent_at >= interval_s:
                 sent_at, out, held = loop.time(), held, None

@@ -11,7 +11,10 @@ where it is bridged here:
 - ``VLLMValidationError`` is a ``ValueError`` in 0.25 and not in 0.32, 0.32 wraps
   preprocessing errors and raises 503 ``GracefulHTTPError``s: ``SamplingParams`` errors are
   caught broadly and ``_classify`` decides by cause and ``http_status``;
-- ``RayPrometheusStatLogger`` exists in both (``_stat_loggers``).
+- ``RayPrometheusStatLogger`` exists in both (``_stat_loggers``);
+- structured outputs are ``SamplingParams(structured_outputs=StructuredOutputsParams(...))`` in
+  both; releases before the rename took ``guided_decoding=GuidedDecodingParams(...)``
+  (``_structured_outputs``).
 """
 
 from __future__ import annotations
@@ -74,6 +77,10 @@ def engine_kwargs(config: EngineConfig, *, distributed_executor_backend: str | N
     if distributed_executor_backend:
         kwargs["distributed_executor_backend"] = distributed_executor_backend
     known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    if config.compact_json and "structured_outputs_config" in known and "structured_outputs_config" not in config.extra:
+        from vllm.config import StructuredOutputsConfig
+
+        kwargs["structured_outputs_config"] = StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
     unknown = sorted(set(config.extra) - known)
     if unknown:
         raise ValueError(f"engine.extra has keys vLLM's AsyncEngineArgs does not know: {', '.join(unknown)}")
@@ -158,17 +165,30 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind
 
         try:
+            optional: dict[str, Any] = {}
+            if sampling.top_k is not None:
+                optional["top_k"] = sampling.top_k
+            if sampling.logprobs is not None:
+                optional["logprobs"] = sampling.logprobs
             params = SamplingParams(
+                n=sampling.n,
                 max_tokens=sampling.max_tokens,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
+                min_p=sampling.min_p,
+                presence_penalty=sampling.presence_penalty,
+                frequency_penalty=sampling.frequency_penalty,
+                repetition_penalty=sampling.repetition_penalty,
                 stop=list(sampling.stop) or None,
                 seed=sampling.seed,
                 ignore_eos=sampling.ignore_eos,
+                skip_special_tokens=not sampling.keep_special_tokens,
                 output_kind=RequestOutputKind.DELTA,
+                **optional,
+                **_structured_outputs(sampling),
             )
         except Exception as exc:
-            raise _classify(exc, request_id) from exc
+            raise _classify(exc, request_id, structured=_schema_param(sampling)) from exc
 
         tokens_prompt: dict[str, Any] = {"prompt_token_ids": list(prompt.token_ids)}
         if prompt.images:
@@ -181,27 +201,89 @@ class VLLMEngine:
             cached_tokens: int | None = None
             first = True
             async for output in self._engine.generate(rendered, params, request_id):
-                choice = output.outputs[0]
                 if cached_tokens is None:
                     cached_tokens = getattr(output, "num_cached_tokens", None)
-                completion_tokens += len(choice.token_ids)
-                finish = choice.finish_reason if output.finished else None
-                if finish == "error":
-                    raise EngineError("the engine failed this request")
-                yield GenerationChunk(
-                    text=choice.text,
-                    token_ids=list(choice.token_ids),
-                    prompt_tokens=len(prompt.token_ids),
-                    completion_tokens=completion_tokens,
-                    finish_reason=finish,
-                    prompt_token_ids=list(prompt.token_ids) if first else None,
-                    cached_tokens=cached_tokens,
-                )
-                first = False
+                for choice in output.outputs:
+                    completion_tokens += len(choice.token_ids)
+                    # With n > 1 each choice ends on its own; with n == 1 the request's end is its end.
+                    finish = choice.finish_reason if (output.finished or sampling.n > 1) else None
+                    if finish == "error":
+                        if _is_structured(sampling) and first:
+                            # The engine core compiles the grammar after vLLM's own schema checks
+                            # passed; a schema it cannot compile (a $ref cycle with no way out)
+                            # ends the request this way before anything was sent.
+                            raise InvalidRequestError(
+                                "the engine could not build a grammar from this JSON schema",
+                                param=sampling.schema_param,
+                                code="invalid_schema",
+                            )
+                        raise EngineError("the engine failed this request")
+                    yield GenerationChunk(
+                        text=choice.text,
+                        token_ids=list(choice.token_ids),
+                        prompt_tokens=len(prompt.token_ids),
+                        completion_tokens=completion_tokens,
+                        finish_reason=finish,
+                        prompt_token_ids=list(prompt.token_ids) if first else None,
+                        cached_tokens=cached_tokens,
+                        index=choice.index,
+                        logprobs=_openai_logprobs(choice, sampling.logprobs),
+                    )
+                    first = False
         except PixtralServeError:
             raise
         except Exception as exc:
-            raise _classify(exc, request_id) from exc
+            raise _classify(exc, request_id, structured=_schema_param(sampling)) from exc
+
+
+def _is_structured(sampling: SamplingSettings) -> bool:
+    return sampling.json_schema is not None or sampling.json_object
+
+
+def _schema_param(sampling: SamplingSettings) -> str | None:
+    """The request field a grammar error is about (None without structured outputs)."""
+    return sampling.schema_param if _is_structured(sampling) else None
+
+
+def _structured_outputs(sampling: SamplingSettings) -> dict[str, Any]:
+    """The SamplingParams keyword that holds the output to JSON (a schema, or any object)."""
+    if not _is_structured(sampling):
+        return {}
+    spec: dict[str, Any] = {"disable_any_whitespace": sampling.compact_json}
+    if sampling.json_schema is not None:
+        spec["json"] = sampling.json_schema
+    else:
+        spec["json_object"] = True
+    try:
+        from vllm.sampling_params import StructuredOutputsParams
+    except ImportError:  # releases before the rename
+        from vllm.sampling_params import GuidedDecodingParams
+
+        return {"guided_decoding": GuidedDecodingParams(**spec)}
+    return {"structured_outputs": StructuredOutputsParams(**spec)}
+
+
+def _openai_logprobs(choice: Any, top: int | None) -> list[dict[str, Any]] | None:
+    """vLLM's per-token ``{token_id: Logprob}`` as OpenAI's ``logprobs.content`` entries: the
+    chosen token and the ``top`` most likely ones (by vLLM's rank)."""
+    if top is None or choice.logprobs is None:
+        return None
+    entries = []
+    for token_id, alternatives in zip(choice.token_ids, choice.logprobs):
+        chosen = alternatives.get(token_id)
+        ranked = sorted((lp for lp in alternatives.values() if lp.rank is not None), key=lambda lp: lp.rank)[:top]
+        entries.append(
+            {
+                **_token_entry(chosen.decoded_token if chosen else None, chosen.logprob if chosen else float("nan")),
+                "top_logprobs": [_token_entry(lp.decoded_token, lp.logprob) for lp in ranked],
+            }
+        )
+    return entries
+
+
+def _token_entry(token: str | None, logprob: float) -> dict[str, Any]:
+    text = token or ""
+    return {"token": text, "logprob": max(logprob, -9999.0), "bytes": list(text.encode("utf-8", "replace"))}
 
 
 def _stat_loggers() -> list[Any]:
@@ -262,8 +344,9 @@ def _in_daemon_thread(build: Callable[[], Any]) -> asyncio.Future[Any]:
     return future
 
 
-def _classify(exc: BaseException, request_id: str) -> PixtralServeError:
-    """vLLM's exceptions as ours: its client-error classes are 400s; anything else is logged and
+def _classify(exc: BaseException, request_id: str, *, structured: str | None = None) -> PixtralServeError:
+    """vLLM's exceptions as ours: its client-error classes are 400s (a grammar the engine cannot
+    build names the field its schema came from, ``structured``); anything else is logged and
     becomes a 500 that names the request id and carries no internal text."""
     if isinstance(exc, vllm_compat.engine_dead_error()):
         return EngineOverloadedError("the engine is restarting; retry the request")
@@ -272,6 +355,8 @@ def _classify(exc: BaseException, request_id: str) -> PixtralServeError:
     for candidate in (exc, exc.__cause__):
         if candidate is not None and vllm_compat.is_client_error(candidate):
             parameter = getattr(candidate, "parameter", None)
+            if structured and parameter is None:
+                parameter = structured
             message = candidate.args[0] if candidate.args and isinstance(candidate.args[0], str) else "invalid"
             return InvalidRequestError(f"the engine refused the request: {message}", param=parameter)
     logger.error("engine failure in request %s", request_id, exc_info=exc)

@@ -116,6 +116,8 @@ def body_cases(model: str) -> list[Case]:
         "messages": [
             None, "hi", {}, [], [1], [None], [[]], [{"role": "user"}], [{"content": "hi"}],
             [{"role": "wizard", "content": "hi"}], [{"role": "tool", "content": "hi"}],
+            [{"role": "tool", "content": "hi", "tool_call_id": "x" * 1000}],
+            [{"role": "assistant", "content": None}],
             [{"role": "user", "content": 5}], [{"role": "user", "content": None}],
             [{"role": "user", "content": [{"type": "video", "video": "x"}]}],
             [{"role": "user", "content": [{"type": "text"}]}],
@@ -135,17 +137,24 @@ def body_cases(model: str) -> list[Case]:
         "top_p": [0, 1.5, -1, "x", None],
         "stop": [5, [1], ["a", "b", "c", "d", "e"], [""], [[]], {"a": 1}],
         "seed": ["x", 1.5, [], 2**70, -(2**70)],
-        "n": [2, 0, -1, "two", 100],
+        "n": [0, -1, "two", 100, 2.5],
         "stream": [2, [], {}, "maybe"],  # pydantic's lax bool takes "yes"/"on" as true, like many APIs
         "stream_options": ["x", {"include_usage": "maybe"}, {"other": 1}, 5],
         "ignore_eos": ["x", [], 3],
         "return_token_ids": ["x", {}],
         "user": [5, [], {}],
         "logit_bias": [{"1": 100}],
-        "tools": [[{"type": "function", "function": {"name": "f"}}]],
-        "response_format": [{"type": "json_object"}],
-        "logprobs": [True],
-        "frequency_penalty": [1.0],
+        "functions": [[{"name": "f"}]],
+        "tools": [5, [5], [{"type": "function"}], [{"type": "retrieval", "function": {"name": "f"}}]],
+        "tool_choice": ["always", 5, {"type": "function"}, {"type": "function", "function": {"name": "missing"}}],
+        "response_format": ["json", {"type": "yaml"}, {"type": "json_schema"}, {"type": "json_schema", "json_schema": []}],
+        "logprobs": ["x", []],
+        "top_logprobs": [-1, 21, 10**9],
+        "frequency_penalty": [2.5, "x"],
+        "presence_penalty": [-2.5],
+        "top_k": [-5, "x"],
+        "min_p": [2, -0.1],
+        "repetition_penalty": [0, -1, 100],
     }
     for name, values in bad_values.items():
         for i, value in enumerate(values):
@@ -174,6 +183,85 @@ def size_and_nesting_cases(model: str, request_limit: int) -> list[Case]:
         Case("body: sizes/nesting", "huge-stop-strings", frozenset({200, 400}), chat(model, stop=["z" * 100_000] * 4)),
         Case("body: sizes/nesting", "long-model-name", CLIENT, {**chat(model), "model": "m" * 1_000_000}),
         Case("body: sizes/nesting", "huge-number", CLIENT, json.dumps(chat(model)).replace('"max_tokens": 1', '"max_tokens": ' + "9" * 5000).encode()),
+    ]
+
+
+def _nested(depth: int) -> dict:
+    schema: dict = {"type": "string", "maxLength": 4}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+def _json_schema(model: str, schema: Any, name: str = "out") -> dict:
+    return chat(model, response_format={"type": "json_schema", "json_schema": {"name": name, "schema": schema}},
+                max_tokens=16)
+
+
+def _tools(model: str, names: list[str], **fields: Any) -> dict:
+    tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {}}}}
+             for n in names]
+    return chat(model, tools=tools, max_tokens=4, **fields)
+
+
+def _tool_turn(model: str, call_id: Any, result_id: Any, name: str = "f") -> dict:
+    return {
+        "model": model, "max_tokens": 2,
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": result_id, "content": "done"},
+        ],
+    }
+
+
+def schema_and_tool_cases(model: str) -> list[Case]:
+    """JSON schemas the engine would compile a grammar from, and tool names and ids that are not
+    what Mistral's format allows (client ids of any shape are mapped; names are not)."""
+    cat = "body: schemas/tools"
+    recursive = {"$defs": {"node": {"type": "object", "properties": {"next": {"anyOf": [{"$ref": "#/$defs/node"},
+                 {"type": "null"}]}}, "required": ["next"]}}, "$ref": "#/$defs/node"}
+    self_ref = {"$ref": "#"}
+    wide = {"type": "object", "properties": {f"field_{i}": {"type": "string"} for i in range(5000)}}
+    huge_enum = {"enum": ["x" * 50 + str(i) for i in range(2000)]}
+    either = frozenset({200, 400})
+    return [
+        Case(cat, "schema-recursive-ref", either, _json_schema(model, recursive)),
+        Case(cat, "schema-self-ref", CLIENT, _json_schema(model, self_ref)),
+        Case(cat, "schema-dangling-ref", CLIENT | {200}, _json_schema(model, {"$ref": "#/$defs/missing"})),
+        Case(cat, "schema-5000-properties", CLIENT, _json_schema(model, wide)),
+        Case(cat, "schema-huge-enum", CLIENT, _json_schema(model, huge_enum)),
+        Case(cat, "schema-nested-200", CLIENT, _json_schema(model, _nested(200))),
+        Case(cat, "schema-invalid-type", CLIENT, _json_schema(model, {"type": "nonsense"})),
+        Case(cat, "schema-type-number", CLIENT, _json_schema(model, {"type": 5})),
+        Case(cat, "schema-not-object", CLIENT, _json_schema(model, ["type", "object"])),
+        Case(cat, "schema-bad-pattern", CLIENT | {200}, _json_schema(model, {"type": "string", "pattern": "(["})),
+        Case(cat, "schema-min-above-max", either, _json_schema(model, {"type": "integer", "minimum": 5, "maximum": 1})),
+        Case(cat, "schema-impossible", either, _json_schema(model, {"not": {}})),
+        Case(cat, "schema-name-spaces", CLIENT, _json_schema(model, {"type": "object"}, name="my schema")),
+        Case(cat, "schema-name-long", CLIENT, _json_schema(model, {"type": "object"}, name="n" * 65)),
+        Case(cat, "tool-name-spaces", CLIENT, _tools(model, ["get weather"])),
+        Case(cat, "tool-name-unicode", CLIENT, _tools(model, ["wetter\u00e4"])),
+        Case(cat, "tool-name-65-chars", CLIENT, _tools(model, ["f" * 65])),
+        Case(cat, "tool-name-empty", CLIENT, _tools(model, [""])),
+        Case(cat, "tool-names-duplicate", CLIENT, _tools(model, ["f", "f"])),
+        Case(cat, "tool-params-invalid-schema", CLIENT, chat(model, max_tokens=2, tools=[
+            {"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}])),
+        Case(cat, "tools-300", either, _tools(model, [f"f{i}" for i in range(300)])),
+        Case(cat, "tool-choice-required-recursive", either, chat(model, max_tokens=16, tool_choice="required", tools=[
+            {"type": "function", "function": {"name": "f", "parameters": recursive}}])),
+        Case(cat, "tool-id-openai-shape", frozenset({200}), _tool_turn(model, "call_abc123", "call_abc123")),
+        Case(cat, "tool-id-unicode", frozenset({200}), _tool_turn(model, "\u00e9\u00e9\u00e9", "\u00e9\u00e9\u00e9")),
+        Case(cat, "tool-id-1000-chars", CLIENT, _tool_turn(model, "i" * 1000, "i" * 1000)),
+        Case(cat, "tool-id-empty", CLIENT, _tool_turn(model, "", "")),
+        Case(cat, "tool-id-number", CLIENT, _tool_turn(model, 123456789, 123456789)),
+        Case(cat, "tool-result-unknown-id", either, _tool_turn(model, "call_a", "call_b")),
+        Case(cat, "tool-call-bad-name", CLIENT, _tool_turn(model, "call_a", "call_a", name="no spaces")),
+        Case(cat, "tool-call-args-not-json", CLIENT, {**_tool_turn(model, "call_a", "call_a"), "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]}),
     ]
 
 
@@ -369,6 +457,7 @@ def all_cases(model: str, host: str, request_limit: int) -> list[Case]:
     return [
         *body_cases(model),
         *size_and_nesting_cases(model, request_limit),
+        *schema_and_tool_cases(model),
         *encoding_cases(model),
         *role_cases(model),
         *image_format_cases(model),

@@ -162,7 +162,7 @@ def test_auth_is_required(served, api_key):
     [
         (b"{not json", "invalid_json", None),
         ({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, "model_not_found", "model"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}, "invalid_request", "n"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 99}, "invalid_request", "n"),  # over chat_fields.max_n
         ({"model": MODEL, "messages": []}, "invalid_request", "messages"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 5}, "invalid_request", "temperature"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {}}, "invalid_request", "logit_bias"),

@@ -168,3 +168,13 @@ def test_admission_refusal_is_its_own_overload_class():
     restored = pickle.loads(pickle.dumps(info.value))  # crosses the handle as itself
     assert type(restored) is AdmissionRefusedError and restored.status_code == 429
     assert restored.code == "server_overloaded"
+
+
+def test_every_choice_is_charged_its_decode():
+    work = ledger()
+    ticket = work.admit(prompt_tokens=1000, max_tokens=100, choices=3)  # 1 s + 3 x 1 s
+    assert work.pending_s() == pytest.approx(4.0)
+    ticket.progress(completion_tokens=150)  # tokens of all three choices together
+    assert work.pending_s() == pytest.approx(1.5)
+    ticket.release()
+    assert work.pending_s() == pytest.approx(0.0)

@@ -53,12 +53,12 @@ def test_image_parts_are_listed_with_their_param_path():
 @pytest.mark.parametrize(
     "fields, param",
     [
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"top_p": 0}, "top_p"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"frobnicate": True}, "frobnicate"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),  # no tool_call_id
         ({"seed": 2**70}, "seed"),  # reached the engine as an OverflowError (500) before
         ({"seed": -(2**63) - 1}, "seed"),
     ],
