@@ -119,6 +119,12 @@ class IngressConfig(DeploymentConfig):
     ready_timeout_s: float = Field(
         5.0, gt=0, description="Deadline of GET /ready (Serve's view of the engine and pool replicas)."
     )
+    server_timing: bool = Field(
+        False,
+        description="Answer chat requests with a Server-Timing header: milliseconds per stage up to the "
+        "first token (auth, parse, images, route, hop, prompt, engine, total). Off: the same stages "
+        "still go to the pixtral_request_stage_seconds histogram.",
+    )
     max_ongoing_requests: int = Field(512, ge=1, description="Requests one ingress replica accepts at once.")
     max_queued_requests: int = Field(
         1024,

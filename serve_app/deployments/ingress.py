@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.api.errors import REPLICA_GONE, error_response, sse_error_event, unwrap, unwrap_cause
@@ -24,6 +25,7 @@ from serve_app.api.models import (
     parse_chat_request_off_loop,
     usage_body,
 )
+from serve_app.api.server_timing import StageClock, format_server_timing
 from serve_app.config import AppConfig, IngressConfig, is_loopback_host
 from serve_app.deployments.replica_status import ReplicaStatus
 from serve_app.errors import (
@@ -39,6 +41,8 @@ from serve_app.routing import affinity_key
 logger = logging.getLogger(__name__)
 
 app = FastAPI(title="pixtral-serve", docs_url=None, redoc_url=None)
+
+_STAGE_SECONDS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 
 def _request_id(request: Request) -> str | None:
@@ -120,6 +124,12 @@ class OpenAIIngress:
             gate_engine=config.llm.autoscaling.min_replicas > 0,  # scaling from zero needs the queue
         )
         await self._replicas.start()
+        self._stage_s = Histogram(
+            "pixtral_request_stage_seconds",
+            description="Time to first token of a chat request by stage (serve_app/api/server_timing.py).",
+            boundaries=_STAGE_SECONDS,
+            tag_keys=("stage",),
+        )
 
     def _authenticate(self, request: Request) -> None:
         if not self._keys_required:
@@ -165,12 +175,16 @@ class OpenAIIngress:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
+        clock = StageClock()
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         request.state.request_id = request_id
         self._authenticate(request)
         await self._replicas.refuse_while_no_engine()
+        clock.mark("auth")
         chat = await self._parse(request)
+        clock.mark("parse")
         images = await self._prepare_images(chat)
+        clock.mark("images")
         sampling = {
             "max_tokens": chat.requested_max_tokens()[0],
             "temperature": chat.temperature,
@@ -187,6 +201,7 @@ class OpenAIIngress:
             key = affinity_key(messages, image_ids, prefix_chars=self._routing.prefix_chars)
             llm = llm.options(session_id=key)
         stream = llm.generate.remote(messages, images, sampling, request_id)
+        clock.mark("route")
         # The first chunk comes before any byte is sent, so prompt and engine errors
         # still get their own status code.
         try:
@@ -195,12 +210,14 @@ class OpenAIIngress:
             raise PixtralServeError(f"the engine returned no output (request id {request_id})")
         except Exception as exc:
             raise unwrap(exc) from exc
+        clock.mark("llm")
+        headers = {**_replica_header(first), **self._first_token_stages(request_id, clock, first)}
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
             return StreamingResponse(
                 self._sse(request_id, first, stream, include_usage),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_replica_header(first)},
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
             )
         texts, token_ids = [first.text], list(first.token_ids)
         last = first
@@ -220,7 +237,21 @@ class OpenAIIngress:
         if chat.return_token_ids:
             body["prompt_token_ids"] = first.prompt_token_ids
             body["choices"][0]["token_ids"] = token_ids
-        return JSONResponse(body, headers=_replica_header(first))
+        return JSONResponse(body, headers=headers)
+
+    def _first_token_stages(self, request_id: str, clock: StageClock, first: Any) -> dict[str, str]:
+        """The request's stages up to its first chunk, the LLM replica's own included, into the
+        histogram and the debug log; the Server-Timing header when ``ingress.server_timing``."""
+        stages = dict(clock.stages)
+        replica = first.stages or {}
+        stages["hop"] = max(0.0, stages.pop("llm") - sum(replica.values()))  # Ray, both ways
+        stages.update(replica)
+        stages["total"] = sum(clock.stages.values())
+        for name, seconds in stages.items():
+            self._stage_s.observe(seconds, tags={"stage": name})
+        header = format_server_timing(stages)
+        logger.debug("%s first chunk: %s", request_id, header)
+        return {"Server-Timing": header} if self._config.ingress.server_timing else {}
 
     async def _parse(self, request: Request) -> ChatCompletionRequest:
         limit = self._config.ingress.max_request_bytes

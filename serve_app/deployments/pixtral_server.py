@@ -12,6 +12,7 @@ import ray
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
+from serve_app.api.server_timing import StageClock
 from serve_app.config import AppConfig
 from serve_app.engine.admission import WorkLedger
 from serve_app.engine.prompt import PixtralPromptBuilder
@@ -63,11 +64,13 @@ class PixtralServer:
         sampling: dict[str, Any],
         request_id: str,
     ) -> AsyncIterator[GenerationChunk]:
+        clock = StageClock()
         if self._engine_dead is not None:  # before any work on the prompt
             raise EngineOverloadedError("the engine is restarting; retry the request")
         if self._system_prompt is not None:
             messages = self._system_prompt.apply(messages)
         prompt = await asyncio.to_thread(self._prompts.build, messages, images)
+        clock.mark("prompt")
         room = self._config.engine.max_model_len - len(prompt.token_ids)
         if room < 1:
             raise InvalidRequestError(
@@ -96,8 +99,9 @@ class PixtralServer:
                 first = True
                 async for chunk in merged:
                     ticket.progress(chunk.completion_tokens)
-                    if first:  # which replica answered: routing is visible to clients and benchmarks
-                        chunk, first = dataclasses.replace(chunk, replica=self._replica), False
+                    if first:  # which replica answered, and where its time went: visible to clients and benchmarks
+                        clock.mark("engine")
+                        chunk, first = dataclasses.replace(chunk, replica=self._replica, stages=clock.stages), False
                     yield chunk
         finally:
             ticket.release()

@@ -32,6 +32,8 @@ class GenerationChunk:
     prompt_token_ids: list[int] | None = None  # on the first chunk only
     cached_tokens: int | None = None  # prompt tokens the engine's prefix cache answered, when known
     replica: str | None = None  # the LLM replica that answered (set on the first chunk by PixtralServer)
+    # Seconds the LLM replica spent per stage before it (first chunk only; serve_app.api.server_timing).
+    stages: dict[str, float] | None = None
 
 
 class Engine(Protocol):
