@@ -181,7 +181,7 @@ class OpenAIIngress:
         self._authenticate(request)
         await self._replicas.refuse_while_no_engine()
         clock.mark("auth")
-        chat = await self._parse(request)
+        chat = await self._parse(request, clock)
         clock.mark("parse")
         images = await self._prepare_images(chat)
         clock.mark("images")
@@ -253,7 +253,7 @@ class OpenAIIngress:
         logger.debug("%s first chunk: %s", request_id, header)
         return {"Server-Timing": header} if self._config.ingress.server_timing else {}
 
-    async def _parse(self, request: Request) -> ChatCompletionRequest:
+    async def _parse(self, request: Request, clock: StageClock) -> ChatCompletionRequest:
         limit = self._config.ingress.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -263,6 +263,7 @@ class OpenAIIngress:
             body += piece
             if len(body) > limit:
                 raise InvalidRequestError(f"request body exceeds {limit} bytes", code="request_too_large")
+        clock.mark("body")  # receiving it: with Serve's proxy in front, a call back to the proxy
         chat = await parse_chat_request_off_loop(
             bytes(body), off_loop_above=self._config.ingress.parse_off_loop_bytes
         )
@@ -282,6 +283,8 @@ class OpenAIIngress:
 
     async def _prepare_images(self, chat: ChatCompletionRequest) -> list[Any]:
         urls = chat.image_urls()
+        if not urls:  # text only: no pool call at all
+            return []
         limit = self._config.engine.max_images_per_prompt
         if len(urls) > limit:
             raise TooManyImagesError(f"{len(urls)} images given; this model takes at most {limit} per request")

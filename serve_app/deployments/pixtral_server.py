@@ -20,7 +20,7 @@ from serve_app.engine.protocol import Engine, GenerationChunk, SamplingSettings
 from serve_app.engine.stream import coalesce
 from serve_app.engine.system_prompt import DefaultSystemPrompt
 from serve_app.errors import EngineOverloadedError, InvalidRequestError
-from serve_app.images import PreparedImage
+from serve_app.images import ImageGrid, PreparedImage
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,19 @@ def _replica_name() -> str | None:
         return serve.get_replica_context().replica_id.unique_id
     except RayServeException:
         return None
+
+
+def prompt_size(messages: list[dict[str, Any]], images: list[PreparedImage], grid: ImageGrid) -> int:
+    """An upper bound of the prompt's tokens without tokenizing: text characters (no token is
+    shorter than one) plus the images' tokens."""
+    chars = 0
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            chars += len(content)
+        else:
+            chars += sum(len(part.get("text", "")) for part in content)
+    return chars + sum(grid.num_tokens(image.width, image.height) for image in images)
 
 
 @serve.deployment(name="PixtralServer")
@@ -69,7 +82,10 @@ class PixtralServer:
             raise EngineOverloadedError("the engine is restarting; retry the request")
         if self._system_prompt is not None:
             messages = self._system_prompt.apply(messages)
-        prompt = await asyncio.to_thread(self._prompts.build, messages, images)
+        if prompt_size(messages, images, self._prompts.grid) <= self._config.llm.prompt_inline_tokens:
+            prompt = self._prompts.build(messages, images)
+        else:
+            prompt = await asyncio.to_thread(self._prompts.build, messages, images)
         clock.mark("prompt")
         room = self._config.engine.max_model_len - len(prompt.token_ids)
         if room < 1:
