@@ -221,8 +221,12 @@ class EngineConfig(_Strict):
     )
     tokenizer_mode: Literal["mistral"] = Field("mistral", description="Pixtral needs mistral_common's tokenizer.")
     config_format: Literal["mistral", "auto"] = Field("mistral", description="params.json checkpoints.")
-    load_format: Literal["mistral", "dummy", "auto", "safetensors"] = Field(
-        "mistral", description="dummy = random weights (benchmarks; image content is then ignored)."
+    load_format: Literal["mistral", "dummy", "auto", "safetensors", "runai_streamer"] = Field(
+        "mistral",
+        description="dummy = random weights (benchmarks; image content is then ignored). runai_streamer = "
+        "stream the safetensors from object storage (model: s3://bucket/folder; needs the "
+        "runai-model-streamer-s3 package, credentials from boto3's chain, AWS_ENDPOINT_URL for a "
+        "non-AWS store) or a local folder, straight into memory.",
     )
     dtype: str = Field("bfloat16", description="Weights and activations dtype.")
     max_model_len: int = Field(32768, ge=256, description="Prompt + output tokens per sequence.")
