@@ -42,7 +42,9 @@ $(TINY_MODEL)/consolidated.safetensors: | $(STAMP)
 
 model: $(TINY_MODEL)/consolidated.safetensors
 
+# tools/announce_ready.py prints one line once a chat request is answered (URL, model name).
 run: $(STAMP) model
+	$(PY) -m tools.announce_ready config.cpu.yaml & \
 	RAY_ADDRESS=local $(VENV)/bin/serve run config.cpu.yaml
 
 # tests/e2e/test_metrics_prometheus.py and test_dashboard_queries.py scrape the e2e cluster

@@ -134,6 +134,18 @@ def pct(xs, p):
     return round(xs[min(len(xs) - 1, int(p / 100 * len(xs)))], 3) if xs else None
 
 
+def server_timing(header: str | None) -> dict[str, float]:
+    """``Server-Timing: parse;dur=1.2, ...`` (ours: serve_app/api/server_timing.py) as {stage: ms}."""
+    stages = {}
+    for entry in (header or "").split(","):
+        name, _, params = entry.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur" and name:
+                stages[name] = float(value)
+    return stages
+
+
 async def post_chat(session, url: str, body: dict, headers: dict) -> dict:
     t0 = time.perf_counter()
     ttft, out_tokens, text, usage = None, 0, [], None
@@ -142,6 +154,7 @@ async def post_chat(session, url: str, body: dict, headers: dict) -> dict:
             if r.status != 200:
                 return {"ok": False, "status": r.status, "err": (await r.text())[:300]}
             replica = r.headers.get("x-pixtral-replica")  # ours only: which LLM replica answered
+            stages = server_timing(r.headers.get("server-timing"))  # ours only: ms per stage to the first chunk
             async for raw in r.content:
                 line = raw.decode().strip()
                 if not line.startswith("data:") or line == "data: [DONE]":
@@ -160,7 +173,7 @@ async def post_chat(session, url: str, body: dict, headers: dict) -> dict:
         return {"ok": False, "status": None, "err": f"{type(exc).__name__}: {exc}"[:300]}
     cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
     return {"ok": True, "ttft": ttft if ttft is not None else float("nan"), "e2e": time.perf_counter() - t0,
-            "out": out_tokens, "text": "".join(text), "cached": cached, "replica": replica}
+            "out": out_tokens, "text": "".join(text), "cached": cached, "replica": replica, "stages": stages}
 
 
 async def run_conversations(url: str, model: str, convs: list[Conversation], images: ImageStore, *,
@@ -213,7 +226,22 @@ async def run_conversations(url: str, model: str, convs: list[Conversation], ima
         "e2e_p50_s": pct([r["e2e"] for r in ok], 50), "e2e_p99_s": pct([r["e2e"] for r in ok], 99),
         "ttft_p50_later_turns_s": pct(later, 50) if later else None,
         "cached_tokens_mean_later_turns": round(sum(cached) / len(cached), 1) if cached else None,
+        "stages_p50_ms": stages_p50_ms(ok),
     }
+
+
+def stages_p50_ms(ok: list[dict]) -> dict[str, float] | None:
+    """p50 of each Server-Timing stage, and of ``outside``: the client's TTFT minus the server's
+    ``total`` (proxy, HTTP, the first SSE events and the network), per request."""
+    timed = [r for r in ok if r.get("stages")]
+    if not timed:
+        return None
+    names = list(dict.fromkeys(name for r in timed for name in r["stages"]))
+    out = {name: pct([r["stages"][name] for r in timed if name in r["stages"]], 50) for name in names}
+    if "total" in names:
+        out["outside"] = pct([r["ttft"] * 1000 - r["stages"]["total"] for r in timed if "total" in r["stages"]], 50)
+    out["ttft"] = pct([r["ttft"] * 1000 for r in timed], 50)
+    return out
 
 
 # ---------------------------------------------------------------- monitors

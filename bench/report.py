@@ -50,6 +50,11 @@ def markdown(data: dict, png_name: str) -> str:
               "|---|" + "---|" * (len(names) + 1)]
     for wl in spec["workloads"]:
         cells = []
+        if spec["workloads"][wl]["kind"] == "startup":  # seconds to the first answered chat: first start, restart
+            cells = [f"{fmt(systems[n].get('ready_s'), ' s')} cold, "
+                     f"{fmt(systems[n]['workloads'].get(wl, {}).get('ready_s'), ' s')} warm" for n in names]
+            lines.append(f"| {wl} | " + " | ".join(cells) + " | – |")
+            continue
         for n in names:
             r = systems[n]["workloads"].get(wl, {})
             if "req_per_s" not in r:
@@ -62,6 +67,7 @@ def markdown(data: dict, png_name: str) -> str:
         peer, best = best_peer(systems, wl)
         ratio = f"{ours / best:.2f}x vs {peer}" if ours and best else "–"
         lines.append(f"| {wl} | " + " | ".join(cells) + f" | {ratio} |")
+    lines += stage_table(systems, spec)
     lines += ["", f"![req/s per workload, relative to the best peer]({png_name})", "",
               "## CPU per request by process group (ms), burst-512", ""]
     groups: dict[str, dict[str, float]] = {}
@@ -78,12 +84,29 @@ def markdown(data: dict, png_name: str) -> str:
     lines += ["", "## Errors", ""]
     for n in names:
         for wl, r in systems[n]["workloads"].items():
-            if r.get("errors") or (r.get("warmup") or {}).get("errors"):
-                lines.append(f"- {n} / {wl}: {r.get('errors')} errors (warm-up {r['warmup']['errors']}); first: "
-                             f"`{json.dumps(r.get('first_error') or r['warmup'].get('first_error'))[:300]}`")
+            warmup = r.get("warmup") or {}
+            if r.get("errors") or warmup.get("errors"):
+                lines.append(f"- {n} / {wl}: {r.get('errors')} errors (warm-up {warmup.get('errors')}); first: "
+                             f"`{json.dumps(r.get('first_error') or warmup.get('first_error'))[:300]}`")
     if lines[-1] == "":
         lines.append("None: every request of every system answered 200 and completed its stream.")
     return "\n".join(lines) + "\n"
+
+
+def stage_table(systems: dict, spec: dict) -> list[str]:
+    """Our systems' time to first token by stage (Server-Timing p50, ms) in the one-user workloads."""
+    rows = [(n, wl, systems[n]["workloads"].get(wl, {}).get("stages_p50_ms")) for n in systems
+            for wl, w in spec["workloads"].items() if w.get("concurrency") == 1]
+    rows = [(n, wl, st) for n, wl, st in rows if st]
+    if not rows:
+        return []
+    stages = list(dict.fromkeys(k for _, _, st in rows for k in st))
+    lines = ["", "## Time to first token by stage, one user (p50 ms, from our Server-Timing header)", "",
+             "`outside` = the client's TTFT minus our `total`: Serve's proxy, HTTP, the first SSE events, the network.",
+             "", "| system | workload | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
+    for n, wl, st in rows:
+        lines.append(f"| {n} | {wl} | " + " | ".join(fmt(st.get(k)) for k in stages) + " |")
+    return lines
 
 
 def chart(data: dict, path: Path) -> None:

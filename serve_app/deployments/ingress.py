@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.api.body_budget import BodyBudget, BodyHold
@@ -27,6 +28,7 @@ from serve_app.api.models import (
     parse_chat_request_off_loop,
     usage_body,
 )
+from serve_app.api.server_timing import StageClock, format_server_timing
 from serve_app.compat.ray_serve import REPLICA_GONE, serve_http_host
 from serve_app.config import AppConfig, IngressConfig, is_loopback_host
 from serve_app.deployments.replica_status import ReplicaStatus
@@ -46,6 +48,8 @@ from serve_app.routing.request_router import RoutingTag
 logger = logging.getLogger(__name__)
 
 app = FastAPI(title="pixtral-serve", docs_url=None, redoc_url=None)
+
+_STAGE_SECONDS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 
 def _request_id(request: Request) -> str | None:
@@ -118,6 +122,12 @@ class OpenAIIngress:
             gate_engine=config.llm.autoscaling.min_replicas > 0,  # scaling from zero needs the queue
             expected_start_s=config.llm.expected_start_s,
         )
+        self._stage_s = Histogram(
+            "pixtral_request_stage_seconds",
+            description="Time to first token of a chat request by stage (serve_app/api/server_timing.py).",
+            boundaries=_STAGE_SECONDS,
+            tag_keys=("stage",),
+        )
 
     def _authenticate(self, request: Request) -> None:
         if not self._keys_required:
@@ -163,19 +173,23 @@ class OpenAIIngress:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
+        clock = StageClock()
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         request.state.request_id = request_id
         self._authenticate(request)
         self._replicas.refuse_while_no_engine()
+        clock.mark("auth")
         hold = self._bodies.hold()
         try:
-            return await self._complete(request, request_id, hold)
+            return await self._complete(request, request_id, hold, clock)
         finally:
             hold.release()
 
-    async def _complete(self, request: Request, request_id: str, hold: BodyHold):
-        chat = await self._parse(request, hold)
+    async def _complete(self, request: Request, request_id: str, hold: BodyHold, clock: StageClock):
+        chat = await self._parse(request, hold, clock)
+        clock.mark("parse")
         images = await self._prepare_images(chat, request_id)
+        clock.mark("images")
         sampling = {
             "max_tokens": chat.requested_max_tokens()[0],
             "temperature": chat.temperature,
@@ -198,13 +212,18 @@ class OpenAIIngress:
         if self._routing.policy == "affinity":
             image_ids = [image.content_id for image in images]
             key = affinity_key(messages, image_ids, prefix_chars=self._routing.prefix_chars)
-        stream, first = await self._first_chunk(request_id, key, messages, images, sampling)
+        stream, first = await self._first_chunk(request_id, key, messages, images, sampling, clock)
+        clock.mark("llm")
+        headers = {
+            **_replica_header(first, self._config.ingress.replica_header),
+            **self._first_token_stages(request_id, clock, first),
+        }
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
             return StreamingResponse(
                 self._sse(request_id, first, stream, include_usage, chat.n),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_replica_header(first, self._config.ingress.replica_header)},
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
             )
         choices = Choices()
         choices.add(first)
@@ -222,10 +241,16 @@ class OpenAIIngress:
         )
         if chat.return_token_ids:
             body["prompt_token_ids"] = first.prompt_token_ids
-        return JSONResponse(body, headers=_replica_header(first, self._config.ingress.replica_header))
+        return JSONResponse(body, headers=headers)
 
     async def _first_chunk(
-        self, request_id: str, key: str, messages: list[dict[str, Any]], images: list[Any], sampling: dict[str, Any]
+        self,
+        request_id: str,
+        key: str,
+        messages: list[dict[str, Any]],
+        images: list[Any],
+        sampling: dict[str, Any],
+        clock: StageClock,
     ) -> tuple[Any, Any]:
         """The LLM's stream and its first chunk, which comes before any byte is sent, so prompt
         and engine errors still get their own status code. A replica whose admission refuses
@@ -239,6 +264,7 @@ class OpenAIIngress:
                 stream = self._llm_stream.options(session_id=tag.encode()).generate.remote(
                     messages, images, sampling, request_id
                 )
+                clock.mark("route")  # a refused attempt (admission) counts as route too
                 try:
                     return stream, await self._replicas.first_chunk(stream, placement)
                 except StopAsyncIteration:
@@ -254,7 +280,21 @@ class OpenAIIngress:
         finally:
             REPLICA_SETS.forget(request_id)
 
-    async def _parse(self, request: Request, hold: BodyHold) -> ChatCompletionRequest:
+    def _first_token_stages(self, request_id: str, clock: StageClock, first: Any) -> dict[str, str]:
+        """The request's stages up to its first chunk, the LLM replica's own included, into the
+        histogram and the debug log; the Server-Timing header when ``ingress.server_timing``."""
+        stages = dict(clock.stages)
+        replica = first.stages or {}
+        stages["hop"] = max(0.0, stages.pop("llm") - sum(replica.values()))  # Ray, both ways
+        stages.update(replica)
+        stages["total"] = sum(clock.stages.values())
+        for name, seconds in stages.items():
+            self._stage_s.observe(seconds, tags={"stage": name})
+        header = format_server_timing(stages)
+        logger.debug("%s first chunk: %s", request_id, header)
+        return {"Server-Timing": header} if self._config.ingress.server_timing else {}
+
+    async def _parse(self, request: Request, hold: BodyHold, clock: StageClock) -> ChatCompletionRequest:
         limit = self._config.ingress.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -267,6 +307,7 @@ class OpenAIIngress:
             if len(body) > limit:
                 raise InvalidRequestError(f"request body exceeds {limit} bytes", code="request_too_large")
             hold.grow_to(len(body))
+        clock.mark("body")  # receiving it: with Serve's proxy in front, a call back to the proxy
         chat = await parse_chat_request_off_loop(
             bytes(body), off_loop_above=self._config.ingress.parse_off_loop_bytes
         )
@@ -287,6 +328,8 @@ class OpenAIIngress:
 
     async def _prepare_images(self, chat: ChatCompletionRequest, request_id: str) -> list[Any]:
         urls = chat.image_urls()
+        if not urls:  # text only: no pool call at all
+            return []
         limit = self._config.engine.max_images_per_prompt
         if len(urls) > limit:
             raise TooManyImagesError(f"{len(urls)} images given; this model takes at most {limit} per request")

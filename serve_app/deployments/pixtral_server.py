@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator, Callable
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
+from serve_app.api.server_timing import StageClock
 from serve_app.compat.ray_serve import end_this_replica
 from serve_app.config import AppConfig
 from serve_app.engine.admission import PrefixCacheEstimate, WorkLedger
@@ -21,7 +22,7 @@ from serve_app.engine.stream import coalesce
 from serve_app.engine.system_prompt import DefaultSystemPrompt
 from serve_app.engine.tools import forced_call_schema, with_tool_calls
 from serve_app.errors import EngineOverloadedError, InvalidRequestError
-from serve_app.images import PreparedImage
+from serve_app.images import ImageGrid, PreparedImage
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,19 @@ def _replica_name() -> str | None:
         return serve.get_replica_context().replica_id.unique_id
     except RayServeException:
         return None
+
+
+def prompt_size(messages: list[dict[str, Any]], images: list[PreparedImage], grid: ImageGrid) -> int:
+    """An upper bound of the prompt's tokens without tokenizing: text characters (no token is
+    shorter than one) plus the images' tokens."""
+    chars = 0
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            chars += len(content)
+        else:
+            chars += sum(len(part.get("text", "")) for part in content)
+    return chars + sum(grid.num_tokens(image.width, image.height) for image in images)
 
 
 @serve.deployment(name="PixtralServer")
@@ -71,6 +85,7 @@ class PixtralServer:
         sampling: dict[str, Any],
         request_id: str,
     ) -> AsyncIterator[GenerationChunk]:
+        clock = StageClock()
         if self._engine_dead is not None:  # before any work on the prompt
             raise EngineOverloadedError("the engine is restarting; retry the request")
         if self._system_prompt is not None:
@@ -79,7 +94,11 @@ class PixtralServer:
         tools = sampling.pop("tools", None) or []
         structured = sampling.pop("structured", None) or {}
         forced = "tools" in structured
-        prompt = await asyncio.to_thread(self._prompts.build, messages, images, tools, force_tool_call=forced)
+        if not tools and prompt_size(messages, images, self._prompts.grid) <= self._config.llm.prompt_inline_tokens:
+            prompt = self._prompts.build(messages, images)  # small: off-loop costs more than it saves
+        else:
+            prompt = await asyncio.to_thread(self._prompts.build, messages, images, tools, force_tool_call=forced)
+        clock.mark("prompt")
         room = self._config.engine.max_model_len - len(prompt.token_ids)
         if room < 1:
             raise InvalidRequestError(
@@ -125,8 +144,9 @@ class PixtralServer:
                 first = True
                 async for chunk in merged:
                     ticket.progress(chunk.completion_tokens)
-                    if first:  # which replica answered: routing is visible to clients and benchmarks
-                        chunk, first = dataclasses.replace(chunk, replica=self._replica), False
+                    if first:  # which replica answered, and where its time went: visible to clients and benchmarks
+                        clock.mark("engine")
+                        chunk, first = dataclasses.replace(chunk, replica=self._replica, stages=clock.stages), False
                     yield chunk
         finally:
             ticket.release()

@@ -29,6 +29,7 @@ from mistral_common.exceptions import InvalidFunctionCallException, InvalidToolE
 from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, ToolMessage, UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.protocol.instruct.tool_calls import Function, FunctionCall, Tool, ToolCall
+from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 from mistral_common.tokens.tokenizers.image import ImageEncoder, ImageEncoding
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from PIL import Image
@@ -105,6 +106,26 @@ class _GridOnlyImageEncoder(ImageEncoder):
         return ImageEncoding(tokens=tokens, image=pixels)
 
 
+def _without_prompt_text(decode: Any) -> Any:
+    """The instruct tokenizer's ``decode``, except the call ``encode_instruct`` makes to fill
+    ``Tokenized.text`` (special tokens kept), which gets "".
+
+    mistral_common 1.13 decodes every prompt it encodes back to text, one special token at a
+    time: 0.6 ms of a 0.9 ms build for one 512x384 image, 1 ms for a 1024x768 one, all of it
+    on the way to the first token, and the text is never used here. Decoding for anything
+    else (special tokens ignored, the default) is unchanged.
+    """
+
+    def decode_unless_prompt_text(
+        tokens: list[int], special_token_policy: SpecialTokenPolicy = SpecialTokenPolicy.IGNORE
+    ) -> str:
+        if special_token_policy == SpecialTokenPolicy.KEEP:
+            return ""
+        return decode(tokens, special_token_policy)
+
+    return decode_unless_prompt_text
+
+
 class _TaggedPixels(np.ndarray):
     content_id: str = ""
     pil_image: Image.Image | None = None
@@ -131,6 +152,7 @@ class PixtralPromptBuilder:
         if encoder is None:
             raise ValueError(f"{self.tokenizer_file} has no image encoder: not a Pixtral tokenizer")
         instruct.image_encoder = _GridOnlyImageEncoder(encoder.image_config, encoder.special_ids)
+        instruct.decode = _without_prompt_text(instruct.decode)
         self.grid = _grid_from(encoder)
         special = encoder.special_ids
         # An image's token run: [IMG] and [IMG_BREAK] tokens, closed by [IMG_END].

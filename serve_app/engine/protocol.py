@@ -48,6 +48,8 @@ class GenerationChunk:
     index: int = 0  # which choice (n > 1)
     logprobs: list[dict[str, Any]] | None = None  # OpenAI's logprobs.content entries of this chunk's tokens
     tool_calls: list[dict[str, Any]] | None = None  # parsed calls {id, name, arguments}, on a choice's last chunk
+    # Seconds the LLM replica spent per stage before it (first chunk only; serve_app.api.server_timing).
+    stages: dict[str, float] | None = None
 
 
 class Engine(Protocol):

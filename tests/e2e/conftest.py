@@ -112,7 +112,7 @@ def served(tiny_model, api_key, moto_endpoint, ray_metrics_port):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = cpu_app_args(
-            ingress={"api_keys": [api_key], "max_request_bytes": REQUEST_LIMIT},
+            ingress={"api_keys": [api_key], "max_request_bytes": REQUEST_LIMIT, "server_timing": True},
             image_pool={
                 "fetch": {
                     "allow_http": True,

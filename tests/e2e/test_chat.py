@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 import httpx
@@ -346,3 +347,31 @@ def test_no_replica_header_by_default(served, api_key):
         response = _post(served, api_key, {**body, "stream": stream})
         assert response.status_code == 200, response.text
         assert "x-pixtral-replica" not in response.headers
+@pytest.mark.parametrize("with_image", [False, True], ids=["text", "512x384"])
+def test_server_timing_names_each_stage_to_the_first_token(served, api_key, with_image):
+    content = user_message(data_url(jpeg_bytes(50, (512, 384))))["content"] if with_image else "Say hi."
+    started = time.perf_counter()
+    with httpx.stream(
+        "POST",
+        served + "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4, "stream": True},
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=120,
+    ) as response:
+        headers_after_s = time.perf_counter() - started
+        assert response.status_code == 200
+        header = response.headers["server-timing"]
+        list(response.iter_lines())
+    stages = {}
+    for entry in header.split(", "):
+        name, dur = entry.split(";dur=")
+        stages[name] = float(dur) / 1000
+    assert list(stages) == ["auth", "body", "parse", "images", "route", "hop", "prompt", "engine", "total"]
+    assert all(seconds >= 0 for seconds in stages.values())
+    ingress_side = sum(stages[name] for name in ("auth", "body", "parse", "images", "route"))
+    replica_side = stages["hop"] + stages["prompt"] + stages["engine"]
+    assert stages["total"] == pytest.approx(ingress_side + replica_side, abs=2e-5)  # rounding to 1 us each
+    assert stages["total"] <= headers_after_s
+    assert stages["engine"] > 0
+    if not with_image:
+        assert stages["images"] < 0.001  # no pool call

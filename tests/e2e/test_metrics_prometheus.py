@@ -21,6 +21,7 @@ MOVES = {
     "images prepared": (f'sum(ray_pixtral_images_total{{{APP},outcome="prepared"}})', 3),
     "images from cache": (f'sum(ray_pixtral_images_total{{{APP},outcome="cache_hit"}})', 2),
     "images refused as invalid": (f'sum(ray_pixtral_images_total{{{APP},outcome="invalid_image"}})', 1),
+    "first-token stages": (f'sum(ray_pixtral_request_stage_seconds_count{{{APP},stage="engine"}})', 7),
     "requests 200": (f'sum(ray_serve_num_http_requests_total{{{APP},{CHAT},status_code="200"}})', 7),
     "requests 400": (f'sum(ray_serve_num_http_requests_total{{{APP},{CHAT},status_code="400"}})', 1),
     "requests 401": (f'sum(ray_serve_num_http_requests_total{{{APP},{CHAT},status_code="401"}})', 1),

@@ -136,3 +136,25 @@ def test_grids_of_both_tokenizers():
 def test_missing_tokenizer_file():
     with pytest.raises(FileNotFoundError):
         resolve_tokenizer_file("mistral_common:nope.json")
+
+
+def test_decoding_is_unchanged_by_skipping_the_prompt_text(pair):
+    builder, reference = pair
+    prompt = builder.build([{"role": "user", "content": "Bonjour, ça va ?"}], [])
+    assert builder.decode(prompt.token_ids) == reference.decode(prompt.token_ids)
+    assert "Bonjour, ça va ?" in builder.decode(prompt.token_ids)
+
+
+@pytest.mark.parametrize("size", [(512, 384), (1024, 768), (40, 900)])
+def test_prompt_size_bounds_the_built_prompt(pair, size):
+    from serve_app.deployments.pixtral_server import prompt_size
+
+    builder, _ = pair
+    image = prepared(source_image(5, *size), builder.grid, "s")
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "What is it? " * 20}, {"type": "image_url"}]},
+    ]
+    built = len(builder.build(messages, [image]).token_ids)
+    estimate = prompt_size(messages, [image], builder.grid)
+    assert built <= estimate <= built * 4  # text: at least one character per token, at most ~4
