@@ -116,9 +116,6 @@ class IngressConfig(DeploymentConfig):
         description="Bodies larger than this are parsed and validated in a worker thread, so that a big "
         "request does not stall the ingress event loop for the others.",
     )
-    ready_timeout_s: float = Field(
-        5.0, gt=0, description="Deadline of GET /ready (Serve's view of the engine and pool replicas)."
-    )
     max_inflight_body_bytes: int = Field(
         256 * 1024 * 1024,
         ge=1024,

@@ -42,7 +42,7 @@ from serve_app.errors import (
     UnknownModelError,
 )
 from serve_app.routing import affinity_key
-from serve_app.routing.replica_set import REPLICA_SETS
+from serve_app.routing import replica_set
 from serve_app.routing.request_router import RoutingTag
 
 logger = logging.getLogger(__name__)
@@ -256,7 +256,8 @@ class OpenAIIngress:
         and engine errors still get their own status code. A replica whose admission refuses
         the request hands it on: the router tries the replicas that have not refused it, and
         the client gets 429 only once every routable replica has."""
-        placement = REPLICA_SETS.track(request_id)
+        placements = replica_set.shared()  # not a module-level name: see replica_set.shared
+        placement = placements.track(request_id)
         refusals: list[AdmissionRefusedError] = []
         try:
             while True:
@@ -275,10 +276,12 @@ class OpenAIIngress:
                         raise error from exc
                     refusals.append(error)
                     routable = self._replicas.engine_replicas() or frozenset()
-                    if routable <= set(placement.replicas):  # every replica has said no
+                    # Every replica has said no (or, should a placement go unreported, as many
+                    # refusals as there are replicas: never a loop).
+                    if routable <= set(placement.replicas) or len(refusals) >= max(1, len(routable)):
                         raise min(refusals, key=lambda refusal: refusal.retry_after_s or 0) from None
         finally:
-            REPLICA_SETS.forget(request_id)
+            placements.forget(request_id)
 
     def _first_token_stages(self, request_id: str, clock: StageClock, first: Any) -> dict[str, str]:
         """The request's stages up to its first chunk, the LLM replica's own included, into the

@@ -26,7 +26,8 @@ import random
 from typing import Any
 
 from serve_app.errors import EngineOverloadedError
-from serve_app.routing.replica_set import REPLICA_SETS, Placement, ReplicaSets
+from serve_app.routing import replica_set
+from serve_app.routing.replica_set import Placement, ReplicaSets
 
 ENGINE = "PixtralServer"
 POOL = "ImagePool"
@@ -46,14 +47,19 @@ class ReplicaStatus:
         *,
         gate_engine: bool = True,
         expected_start_s: float = 60.0,
-        replica_sets: ReplicaSets = REPLICA_SETS,
+        replica_sets: ReplicaSets | None = None,
         rng: random.Random | None = None,
     ):
         self._app_name = app_name
         self._gate_engine = gate_engine
         self._expected_start_s = expected_start_s
-        self._sets = replica_sets
+        self._given_sets = replica_sets
         self._rng = rng or random.Random()
+
+    @property
+    def _sets(self) -> ReplicaSets:
+        # This process's registry, looked up at each use as the routers do (replica_set.shared).
+        return self._given_sets or replica_set.shared()
 
     def engine_replicas(self) -> frozenset[str] | None:
         """Routable engine replicas; None until the router has reported."""

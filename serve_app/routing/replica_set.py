@@ -17,6 +17,7 @@ own loops.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -123,3 +124,18 @@ class ReplicaSets:
 
 # The one registry of this process: Serve builds the routers itself, so they cannot be handed one.
 REPLICA_SETS = ReplicaSets()
+
+
+def shared() -> ReplicaSets:
+    """This process's registry, found through ``sys.modules`` at each call.
+
+    Serve ships the router class by value (cloudpickle of its module) to every handle's
+    process and builds it there itself. A ``REPLICA_SETS`` bound to a name at import, in the
+    router or in the ingress, was seen in the e2e cluster to be a different object from the
+    one the other side used (the routers reported, the ingress never heard); the module
+    ``sys.modules`` holds when a call runs is the one both sides find.
+    """
+    return importlib.import_module(_THIS_MODULE).REPLICA_SETS
+
+
+_THIS_MODULE = "serve_app.routing.replica_set"

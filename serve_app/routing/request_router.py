@@ -2,16 +2,16 @@
 
 Serve runs one router per DeploymentHandle (here: in each OpenAIIngress replica, for the
 PixtralServer and ImagePool handles). Besides choosing replicas it tells this process's
-``replica_set.REPLICA_SETS`` which replicas are routable (Serve pushes every change to it) and where
+registry (``replica_set.shared()``) which replicas are routable (Serve pushes every change to it) and where
 each request went, so the ingress knows both without asking the controller.
 
 The ingress puts a ``RoutingTag`` in the handle's ``session_id`` (the slot Serve keeps for
 stickiness, so ``PixtralServer.generate`` keeps its signature): the request's id, its
 affinity key ("" routes by load alone) and the replicas that already refused it.
 Set on the deployments through ``request_router_config`` (``app.py``). Serve pickles this
-module by value into every handle's process, so the registry is reached through its own module
-(``replica_set.REPLICA_SETS``, imported there), never bound to a name here: a name bound here
-would be a copy that the ingress never reads.
+module by value into every handle's process, so the registry is looked up at each call
+(``replica_set.shared()``), never bound to a name here: a copy would be a registry that the
+ingress never reads.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class CacheAffinityRouter(RequestRouter):
     def _publish(self) -> None:
         if self._deployment:
             ids = frozenset(replica_id.unique_id for replica_id in self.curr_replicas)
-            replica_set.REPLICA_SETS.publish(self.app_name, self._deployment, ids)
+            replica_set.shared().publish(self.app_name, self._deployment, ids)
 
     def update_replicas(self, replicas: List[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -77,7 +77,7 @@ class CacheAffinityRouter(RequestRouter):
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         tag = RoutingTag.decode(pending_request.metadata.session_id)
         if tag.request_id:
-            replica_set.REPLICA_SETS.routed(tag.request_id, replica_id.unique_id)
+            replica_set.shared().routed(tag.request_id, replica_id.unique_id)
 
     async def choose_replicas(
         self,

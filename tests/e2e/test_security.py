@@ -116,7 +116,7 @@ def test_while_the_engine_loads_health_answers_ready_waits_and_chat_is_refused_a
         ready = httpx.get(base + "/ready", timeout=30)
         assert ready.status_code == 503
         assert ready.json() == {"status": "not_ready", "reason": "no running PixtralServer replica"}
-        assert time.monotonic() - started < 5  # ingress.ready_timeout_s, with slack
+        assert time.monotonic() - started < 5  # answered from the routers' lists: no controller call
 
         started = time.monotonic()
         chat = httpx.post(
