@@ -353,7 +353,9 @@ def main() -> int:
     a = ap.parse_args()
     spec = yaml.safe_load(Path(a.spec).read_text())
     if "base" in spec:  # e.g. scale_out.yaml: its own systems, the base file's model/request/workloads
-        spec = {**yaml.safe_load((Path(a.spec).parent / spec["base"]).read_text()), **spec}
+        base = yaml.safe_load((Path(a.spec).parent / spec["base"]).read_text())
+        # a spec's own workloads join the base file's (gpu/fractional.yaml's overload point)
+        spec = {**base, **spec, "workloads": {**base["workloads"], **spec.get("workloads", {})}}
     if a.systems:
         spec["systems"] = {k: v for k, v in spec["systems"].items() if k in a.systems}
     if a.workloads:
