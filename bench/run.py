@@ -151,6 +151,7 @@ class Run:
                    max_images_per_prompt=m["max_images_per_prompt"])
         cfg["http_options"]["port"] = PORT
         set_dotted(app, "ingress.server_timing", True)  # ms per stage to the first chunk (load.stages_p50_ms)
+        set_dotted(app, "ingress.replica_header", True)  # which LLM replica answered (load: replicas, stickiness)
         # ours_overrides: dry run only (CPU engine settings); overrides: the system's own.
         for key, value in {**m.get("ours_overrides", {}), **system.get("overrides", {})}.items():
             set_dotted(app, key, value)
