@@ -332,7 +332,10 @@ class LLMDeploymentConfig(DeploymentConfig):
         description="GPU share of one replica (its actor and its placement bundle), with "
         "engine.tensor_parallel_size 1 only: 0.5 puts two replicas, two engines, on one GPU (Ray's "
         "fractional GPUs); engine.gpu_memory_utilization must then fit within the share (e.g. 0.42 "
-        "each). Below 1 with tensor_parallel_size > 1 is an error.",
+        "each). Below 1 with tensor_parallel_size > 1 is an error. Measured on one H100 with vLLM 0.25.1: "
+        "two engines starting together count each other's weights in their memory profiling and fail "
+        "(bench/results/2026-12-05-h100-fractional.md); engine.extra.kv_cache_memory_bytes skips that "
+        "profiling (untried there).",
     )
     placement_strategy: Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"] = Field(
         "STRICT_PACK", description="Placement group strategy for the replica's bundles."
