@@ -19,6 +19,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,10 +186,13 @@ async def run_conversations(url: str, model: str, convs: list[Conversation], ima
     headers = {"Authorization": f"Bearer {api_key}"}
     results: list[dict] = []
 
+    structured = bool((extra_body or {}).get("response_format"))
+
     async def talk(session, conv: Conversation):
         async with sem:
             urls = [images.data_url(s, n) for s, n in conv.images]
             messages: list[dict] = []
+            first_replica = None
             for turn in range(conv.turns):
                 text = USER_TEXTS[turn % len(USER_TEXTS)]
                 messages.append({"role": "user", "content": user_content(text, urls if turn == 0 else [])})
@@ -200,6 +204,12 @@ async def run_conversations(url: str, model: str, convs: list[Conversation], ima
                 results.append(r)
                 if not r["ok"]:
                     return
+                if turn == 0:
+                    first_replica = r["replica"]
+                elif r["replica"] is not None:
+                    r["same_replica"] = r["replica"] == first_replica  # ours: did affinity hold?
+                if structured:
+                    r["json_ok"] = parses_as_object(r["text"])
                 messages.append({"role": "assistant", "content": r.pop("text") or "ok"})
 
     timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -217,17 +227,34 @@ async def run_conversations(url: str, model: str, convs: list[Conversation], ima
     errs = [r for r in results if not r["ok"]]
     later = [r["ttft"] for r in ok if r["turn"] > 0]
     cached = [r["cached"] for r in ok if r["turn"] > 0 and r.get("cached") is not None]
+    tpot = [(r["e2e"] - r["ttft"]) * 1000 / (r["out"] - 1) for r in ok if r["out"] > 1 and r["ttft"] == r["ttft"]]
+    same = [r["same_replica"] for r in ok if "same_replica" in r]
+    replicas = Counter(r["replica"] for r in ok if r.get("replica"))
     return {
         "requests": expected, "ok": len(ok), "errors": len(errs) + not_sent, "not_sent": not_sent,
         "first_error": errs[0] if errs else None, "wall_s": round(wall, 2),
         "req_per_s": round(len(ok) / wall, 3) if wall > 0 else None,
         "out_tok_per_s": round(sum(r["out"] for r in ok) / wall, 1) if wall > 0 else None,
-        "ttft_p50_s": pct([r["ttft"] for r in ok], 50), "ttft_p99_s": pct([r["ttft"] for r in ok], 99),
+        "ttft_p50_s": pct([r["ttft"] for r in ok], 50), "ttft_p90_s": pct([r["ttft"] for r in ok], 90),
+        "ttft_p99_s": pct([r["ttft"] for r in ok], 99),
+        "tpot_p50_ms": pct(tpot, 50),  # ms per output token after the first, per request
+        "out_tokens_mean": round(sum(r["out"] for r in ok) / len(ok), 1) if ok else None,
         "e2e_p50_s": pct([r["e2e"] for r in ok], 50), "e2e_p99_s": pct([r["e2e"] for r in ok], 99),
         "ttft_p50_later_turns_s": pct(later, 50) if later else None,
         "cached_tokens_mean_later_turns": round(sum(cached) / len(cached), 1) if cached else None,
         "stages_p50_ms": stages_p50_ms(ok),
+        "error_statuses": dict(Counter(str(r["status"]) for r in errs)) or None,
+        "json_valid": sum(r["json_ok"] for r in ok) if structured else None,  # answers that parse as an object
+        "replicas": dict(replicas) or None,  # ours: requests per LLM replica (x-pixtral-replica)
+        "same_replica_later_turns": round(sum(same) / len(same), 3) if same else None,
     }
+
+
+def parses_as_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def stages_p50_ms(ok: list[dict]) -> dict[str, float] | None:

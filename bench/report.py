@@ -68,19 +68,20 @@ def markdown(data: dict, png_name: str) -> str:
         ratio = f"{ours / best:.2f}x vs {peer}" if ours and best else "–"
         lines.append(f"| {wl} | " + " | ".join(cells) + f" | {ratio} |")
     lines += stage_table(systems, spec)
-    lines += ["", f"![req/s per workload, relative to the best peer]({png_name})", "",
-              "## CPU per request by process group (ms), burst-512", ""]
+    lines += ["", f"![req/s per workload, relative to the best peer]({png_name})"]
     groups: dict[str, dict[str, float]] = {}
     for n in names:
         cpu = (systems[n]["workloads"].get("burst-512", {}).get("cpu") or {}).get("cpu_ms_per_request", {})
         for g, ms in cpu.items():
             groups.setdefault(g, {})[n] = ms
-    lines += ["| process group | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for g, per in sorted(groups.items(), key=lambda kv: -max(kv[1].values())):
-        if max(per.values()) >= 0.5:
-            lines.append(f"| {g} | " + " | ".join(fmt(per.get(n)) for n in names) + " |")
-    totals = [sum(per.get(n, 0) for per in groups.values()) for n in names]
-    lines.append("| **total** | " + " | ".join(f"{t:.1f}" for t in totals) + " |")
+    if groups:  # burst-512 was run
+        lines += ["", "## CPU per request by process group (ms), burst-512", "",
+                  "| process group | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for g, per in sorted(groups.items(), key=lambda kv: -max(kv[1].values())):
+            if max(per.values()) >= 0.5:
+                lines.append(f"| {g} | " + " | ".join(fmt(per.get(n)) for n in names) + " |")
+        totals = [sum(per.get(n, 0) for per in groups.values()) for n in names]
+        lines.append("| **total** | " + " | ".join(f"{t:.1f}" for t in totals) + " |")
     lines += ["", "## Errors", ""]
     for n in names:
         for wl, r in systems[n]["workloads"].items():

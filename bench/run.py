@@ -151,6 +151,7 @@ class Run:
                    max_images_per_prompt=m["max_images_per_prompt"])
         cfg["http_options"]["port"] = PORT
         set_dotted(app, "ingress.server_timing", True)  # ms per stage to the first chunk (load.stages_p50_ms)
+        set_dotted(app, "ingress.replica_header", True)  # which LLM replica answered (load: replicas, stickiness)
         # ours_overrides: dry run only (CPU engine settings); overrides: the system's own.
         for key, value in {**m.get("ours_overrides", {}), **system.get("overrides", {})}.items():
             set_dotted(app, key, value)
@@ -353,7 +354,9 @@ def main() -> int:
     a = ap.parse_args()
     spec = yaml.safe_load(Path(a.spec).read_text())
     if "base" in spec:  # e.g. scale_out.yaml: its own systems, the base file's model/request/workloads
-        spec = {**yaml.safe_load((Path(a.spec).parent / spec["base"]).read_text()), **spec}
+        base = yaml.safe_load((Path(a.spec).parent / spec["base"]).read_text())
+        # a spec's own workloads join the base file's (gpu/fractional.yaml's overload point)
+        spec = {**base, **spec, "workloads": {**base["workloads"], **spec.get("workloads", {})}}
     if a.systems:
         spec["systems"] = {k: v for k, v in spec["systems"].items() if k in a.systems}
     if a.workloads:

@@ -63,9 +63,9 @@ def llm_options(config: AppConfig) -> dict[str, Any]:
         }
     if llm.accelerator == "gpu":
         tp = config.engine.tensor_parallel_size
-        # With TP 1 the engine runs in the replica and needs its GPU; with TP > 1 vLLM's
-        # Ray workers take the GPUs of the replica's placement group.
-        actor["num_gpus"] = 1 if tp == 1 else 0
+        # With TP 1 the engine runs in the replica and needs its GPU (or its share of one); with
+        # TP > 1 vLLM's Ray workers take the GPUs of the replica's placement group.
+        actor["num_gpus"] = llm.gpus_per_replica if tp == 1 else 0
         options["placement_group_bundles"] = llm.placement_bundles(tp)
         options["placement_group_strategy"] = llm.placement_strategy
     return options

@@ -325,6 +325,18 @@ class LLMDeploymentConfig(DeploymentConfig):
 
     accelerator: Literal["gpu", "cpu"] = Field("gpu", description="gpu: placement groups of GPU bundles.")
     cpus_per_gpu_worker: float = Field(1.0, ge=0, description="CPUs in each GPU bundle of the placement group.")
+    gpus_per_replica: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="GPU share of one replica (its actor and its placement bundle), with "
+        "engine.tensor_parallel_size 1 only: 0.5 puts two replicas, two engines, on one GPU (Ray's "
+        "fractional GPUs); engine.gpu_memory_utilization must then fit within the share (e.g. 0.42 "
+        "each). Below 1 with tensor_parallel_size > 1 is an error. Measured on one H100 with vLLM 0.25.1: "
+        "two engines starting together count each other's weights in their memory profiling and fail "
+        "(bench/results/2026-12-05-h100-fractional.md); engine.extra.kv_cache_memory_bytes skips that "
+        "profiling (untried there).",
+    )
     placement_strategy: Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"] = Field(
         "STRICT_PACK", description="Placement group strategy for the replica's bundles."
     )
@@ -411,8 +423,10 @@ class LLMDeploymentConfig(DeploymentConfig):
         return max(1, math.ceil(self.autoscaling.target_ongoing_requests))
 
     def placement_bundles(self, tensor_parallel_size: int) -> list[dict[str, float]]:
-        """One GPU bundle per tensor-parallel rank; the replica itself sits in the first."""
-        bundles = [{"CPU": self.cpus_per_gpu_worker, "GPU": 1.0} for _ in range(tensor_parallel_size)]
+        """One GPU bundle per tensor-parallel rank; the replica itself sits in the first (with
+        tensor_parallel_size 1 the only bundle holds ``gpus_per_replica`` of a GPU)."""
+        gpus = self.gpus_per_replica if tensor_parallel_size == 1 else 1.0
+        bundles = [{"CPU": self.cpus_per_gpu_worker, "GPU": gpus} for _ in range(tensor_parallel_size)]
         bundles[0]["CPU"] += self.num_cpus
         return bundles
 
@@ -481,6 +495,18 @@ class AppConfig(_Strict):
     def _default_within_limit(self) -> "AppConfig":
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must be <= max_tokens_limit")
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_share_fits(self) -> "AppConfig":
+        share = self.llm.gpus_per_replica
+        if share < 1 and self.engine.tensor_parallel_size > 1:
+            raise ValueError("llm.gpus_per_replica below 1 needs engine.tensor_parallel_size 1")
+        if share < 1 and self.llm.accelerator == "gpu" and self.engine.gpu_memory_utilization > share:
+            raise ValueError(
+                f"engine.gpu_memory_utilization ({self.engine.gpu_memory_utilization}) must be <= "
+                f"llm.gpus_per_replica ({share}): replicas sharing a GPU split its memory"
+            )
         return self
 
     def tokenizer_path(self) -> str:

@@ -67,6 +67,39 @@ def test_gpu_llm_options(tp, replica_gpus):
     assert options["autoscaling_config"]["target_ongoing_requests"] < 1000
 
 
+def test_two_replicas_share_one_gpu_with_a_fractional_share():
+    args = app_args("config.yaml")
+    args["llm"]["gpus_per_replica"] = 0.5
+    args["engine"]["gpu_memory_utilization"] = 0.42
+    options = llm_options(AppConfig.model_validate(args))
+    assert options["ray_actor_options"]["num_gpus"] == 0.5
+    assert options["placement_group_bundles"] == [{"CPU": 3, "GPU": 0.5}]
+
+
+def test_fractional_gpu_share_is_rejected_with_tensor_parallel():
+    args = app_args("config.yaml")
+    args["llm"]["gpus_per_replica"] = 0.5
+    args["engine"]["gpu_memory_utilization"] = 0.42
+    args["engine"]["tensor_parallel_size"] = 2
+    with pytest.raises(ValidationError, match="tensor_parallel_size 1"):
+        AppConfig.model_validate(args)
+
+
+def test_fractional_gpu_share_must_hold_the_engine_memory():
+    args = app_args("config.yaml")
+    args["llm"]["gpus_per_replica"] = 0.5  # the shipped gpu_memory_utilization 0.9 does not fit half a GPU
+    with pytest.raises(ValidationError, match="gpu_memory_utilization"):
+        AppConfig.model_validate(args)
+
+
+@pytest.mark.parametrize("share", [0, -0.5, 1.5])
+def test_gpu_share_outside_zero_to_one_is_an_error(share):
+    args = app_args("config.yaml")
+    args["llm"]["gpus_per_replica"] = share
+    with pytest.raises(ValidationError, match="gpus_per_replica"):
+        AppConfig.model_validate(args)
+
+
 def test_cpu_llm_options_have_no_gpus():
     args = app_args("config.cpu.yaml")
     options = llm_options(AppConfig.model_validate(args))
