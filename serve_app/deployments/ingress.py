@@ -29,14 +29,13 @@ from serve_app.api.models import (
     usage_body,
 )
 from serve_app.api.server_timing import StageClock, format_server_timing
-from serve_app.compat.ray_serve import REPLICA_GONE, by_reference, serve_http_host
+from serve_app.compat.ray_serve import REPLICA_GONE, serve_http_host
 from serve_app.config import AppConfig, IngressConfig, is_loopback_host
 from serve_app.deployments.replica_status import ReplicaStatus
 from serve_app.errors import (
     AdmissionRefusedError,
     AuthenticationError,
     ImageError,
-    ImagesLostError,
     InvalidRequestError,
     PixtralServeError,
     TooManyImagesError,
@@ -109,11 +108,8 @@ class OpenAIIngress:
         self._config = config
         # options() starts each handle's router now (not at the first request), so the
         # routers learn the routable replicas, which /ready and the door answer from, at once.
-        self._pool = by_reference(image_pool.options())
+        self._pool = image_pool.options()
         self._llm_stream = llm.options(stream=True)  # one handle, not one per request
-        # The pool's pixels go to the LLM by reference (PooledImage): calls with images take the
-        # task path, where the reference is counted; text-only calls keep Serve's transport.
-        self._llm_stream_images = by_reference(self._llm_stream)
         self._routing = config.llm.routing
         self._api_keys = config.ingress.resolved_api_keys()
         listener = await asyncio.to_thread(serve_http_host)
@@ -194,14 +190,6 @@ class OpenAIIngress:
         clock.mark("parse")
         images = await self._prepare_images(chat, request_id)
         clock.mark("images")
-        try:
-            return await self._answer(request_id, chat, images, clock)
-        except ImagesLostError:
-            # The pool replica holding the pixels ended before the LLM read them: once more.
-            images = await self._prepare_images(chat, request_id)
-            return await self._answer(request_id, chat, images, clock)
-
-    async def _answer(self, request_id: str, chat: ChatCompletionRequest, images: list[Any], clock: StageClock):
         sampling = {
             "max_tokens": chat.requested_max_tokens()[0],
             "temperature": chat.temperature,
@@ -274,8 +262,7 @@ class OpenAIIngress:
         try:
             while True:
                 tag = RoutingTag(request_id=request_id, key=key, avoid=frozenset(placement.replicas))
-                handle = self._llm_stream_images if images else self._llm_stream
-                stream = handle.options(session_id=tag.encode()).generate.remote(
+                stream = self._llm_stream.options(session_id=tag.encode()).generate.remote(
                     messages, images, sampling, request_id
                 )
                 clock.mark("route")  # a refused attempt (admission) counts as route too

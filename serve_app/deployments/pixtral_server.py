@@ -14,7 +14,6 @@ from ray.serve.exceptions import RayServeException
 from serve_app.api.server_timing import StageClock
 from serve_app.compat.ray_serve import end_this_replica
 from serve_app.config import AppConfig
-from serve_app.deployments.image_pool import PooledImage, resolve_pooled
 from serve_app.engine.admission import PrefixCacheEstimate, WorkLedger
 from serve_app.engine.prompt import PixtralPromptBuilder
 from serve_app.engine.protocol import Engine, GenerationChunk, SamplingSettings
@@ -82,14 +81,13 @@ class PixtralServer:
     async def generate(
         self,
         messages: list[dict[str, Any]],
-        pooled: list[PooledImage],
+        images: list[PreparedImage],
         sampling: dict[str, Any],
         request_id: str,
     ) -> AsyncIterator[GenerationChunk]:
         clock = StageClock()
         if self._engine_dead is not None:  # before any work on the prompt
             raise EngineOverloadedError("the engine is restarting; retry the request")
-        images = await resolve_pooled(pooled, self._config.llm.pixels_timeout_s)
         if self._system_prompt is not None:
             messages = self._system_prompt.apply(messages)
         sampling = dict(sampling)
