@@ -141,7 +141,7 @@ class Run:
                                     env=env, cwd=str(REPO), start_new_session=True)
 
     def our_config(self, name: str, system: dict) -> Path:
-        """The shipped config with only what the dummy model needs swapped (model path and limits),
+        """The shipped config with only what the random-weight model needs swapped (model path and limits),
         then the system's own ``overrides`` (dotted keys: replicas, routing...)."""
         cfg = yaml.safe_load((REPO / system["config"]).read_text())
         app = cfg["applications"][0]["args"]
