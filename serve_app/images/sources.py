@@ -63,10 +63,10 @@ class ImageSource(ABC):
 
     @abstractmethod
     async def fetch(self, url: str) -> bytes:
-        """The image bytes of ``url``, or a typed ImageError; concurrent calls for one URL are shared by the loader."""
+        """The image bytes of ``url``, or a typed ImageError (checks that need no network come first)."""
 
-    async def aclose(self) -> None:  # noqa: B027 - a source without connections has nothing to close
-        """Release connections and threads."""
+    async def aclose(self) -> None:
+        """Release connections and threads (a source without any has nothing to do)."""
 
 
 S = TypeVar("S", bound=type[ImageSource])
@@ -102,8 +102,8 @@ def unregister_source(source: type[ImageSource]) -> None:
 
 
 def registered_sources() -> Mapping[str, type[ImageSource]]:
-    """Scheme -> source class: the shipped sources in ``_BUILT_IN``'s order (whichever module was
-    imported first), then the others in registration order."""
+    """Scheme -> source class: the shipped sources first, in ``_BUILT_IN``'s order whatever order
+    their modules were imported in, then the others in registration order."""
     _load_built_in()
     rank = {module: i for i, module in enumerate(_BUILT_IN)}
     return dict(sorted(_registry.items(), key=lambda item: rank.get(item[1].__module__, len(rank))))
