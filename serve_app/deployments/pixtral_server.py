@@ -52,7 +52,7 @@ def prompt_size(messages: list[dict[str, Any]], images: list[PreparedImage], gri
         content = message["content"]
         if isinstance(content, str):
             chars += len(content)
-        else:
+        elif content:  # None: an assistant turn that only calls tools
             chars += sum(len(part.get("text", "")) for part in content)
     return chars + sum(grid.num_tokens(image.width, image.height) for image in images)
 

@@ -158,3 +158,16 @@ def test_prompt_size_bounds_the_built_prompt(pair, size):
     built = len(builder.build(messages, [image]).token_ids)
     estimate = prompt_size(messages, [image], builder.grid)
     assert built <= estimate <= built * 4  # text: at least one character per token, at most ~4
+
+
+def test_prompt_size_of_a_turn_without_content():
+    """An assistant turn that only calls tools has ``content: None`` (the hostile suite's tool-id cases)."""
+    from serve_app.deployments.pixtral_server import prompt_size
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "Call f."},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "done"},
+    ]
+    assert prompt_size(messages, [], ImageGrid()) == len("Call f.") + len("done")
