@@ -34,7 +34,8 @@ PHOTO_SIZE = (4032, 3024)
 # ---------------------------------------------------------------- images
 
 def make_jpeg(spec: str, seed: int) -> bytes:
-    """``WxH``: random background and 40 rectangles (the gpu-kit's image), quality 90.
+    """``WxH``: random background and 40 rectangles (as the wheel kit's baseline load generator
+    draws them), quality 90.
     ``photo``: 4032x3024, smooth shapes under per-pixel noise, quality 90 (3-5 MB)."""
     rng = random.Random(seed)
     w, h = PHOTO_SIZE if spec == "photo" else map(int, spec.split("x"))

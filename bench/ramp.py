@@ -1,4 +1,4 @@
-"""Autoscaling ramp (issue 11): 1 -> 2 LLM replicas under rising load, back to 1, no failures.
+"""Autoscaling ramp: 1 -> 2 LLM replicas under rising load, back to 1, no failures.
 
 Starts a new local Ray with the Ray Serve environment our image ships (k8s/image/Dockerfile),
 deploys CONFIG with the ``--set`` overrides applied to its app args (the LLM deployment must
@@ -20,7 +20,7 @@ Writes ``OUT_DIR/TAG.json`` (every event, the throughput timeline, every request
 summary), ``TAG.md`` and ``TAG.png`` (throughput and replicas over time; needs matplotlib).
 Exit status 0 only if no request failed and both scaling steps happened in time.
 
-GPU (2 GPUs; the gpu-kit's dummy-weight Pixtral-12B in /tmp/pixtral-12b, as bench/run.py):
+GPU (2 GPUs; Pixtral-12B architecture with random weights in /tmp/pixtral-12b, as bench/run.py):
 
   python3 bench/ramp.py config.yaml --num-cpus 32 --tag DATE-h200x2-ramp \\
       --set engine.model=/tmp/pixtral-12b --set engine.tokenizer=null --set engine.load_format=dummy \\

@@ -1,4 +1,4 @@
-"""Overload and fault figures (issue 12), on CPU (tiny Pixtral) or a GPU (dummy Pixtral-12B).
+"""Overload and fault figures, on CPU (tiny Pixtral) or a GPU (Pixtral-12B, random weights).
 
 Starts a local Ray with the Ray Serve environment our image ships (k8s/image/Dockerfile),
 deploys ``build_app`` with a config file's args (the path ``serve run`` takes; only the
@@ -14,7 +14,7 @@ model folder and limits swapped with ``--model-path``), then:
 
   RAY_AUTH_MODE=disabled python bench/reliability.py --config config.cpu.yaml \
       --out bench/results/2026-12-02-cpu-reliability.json
-  # the lent GPU (bench/gpu/reliability.sh), the shipped config.yaml:
+  # a GPU machine (through bench/gpu/detached.sh start bench/reliability.py ...), the shipped config.yaml:
   python bench/reliability.py --config config.yaml --model-path /tmp/pixtral-12b --load-format dummy \
       --max-model-len 16384 --levels 1,4,16 --calibrate-image 1024x768 --calibrate-decode-tokens 256 \
       --out /tmp/bench/reliability.json
@@ -268,7 +268,7 @@ def main() -> None:
     parser.add_argument("--steady", type=int, default=4)
     parser.add_argument("--skip-faults", action="store_true")
     parser.add_argument("--recovery-bound-s", type=float, default=600, help="give up on a fault's recovery after")
-    parser.add_argument("--model-path", help="model folder instead of the config's (the GPU kit's dummy)")
+    parser.add_argument("--model-path", help="model folder instead of the config's (e.g. /tmp/pixtral-12b, random weights)")
     parser.add_argument("--load-format", help="with --model-path: vLLM load format (dummy)")
     parser.add_argument("--max-model-len", type=int, help="with --model-path")
     parser.add_argument(

@@ -1,6 +1,6 @@
 """The one benchmark runner: every system of real_traffic.yaml, one after another, on this machine.
 
-  python3 bench/run.py --out /tmp/bench/result.json            # the GPU run (gpu-kit installed)
+  python3 bench/run.py --out /tmp/bench/result.json            # the GPU run (after bench/gpu/detached.sh's install)
   .venv/bin/python bench/run.py --dry --out /tmp/dry/result.json  # CPU: tiny model, few requests
 
 For each system: start it in its own process session, wait until a real chat request with
@@ -55,7 +55,7 @@ def set_dotted(args: dict, key: str, value) -> None:
 
 def swap_model(app: dict, path: str, load_format: str, **limits: int | None) -> None:
     """Our app args with only the model swapped, in place: its folder, load format and the given
-    engine limits (None: as shipped); the tokenizer comes from the folder (the kit's has tekken.json)."""
+    engine limits (None: as shipped); the tokenizer comes from the folder (/tmp/pixtral-12b has tekken.json)."""
     app["engine"].update(model=path, load_format=load_format, **{k: v for k, v in limits.items() if v is not None})
     app["engine"].pop("tokenizer", None)
 
@@ -141,7 +141,7 @@ class Run:
                                     env=env, cwd=str(REPO), start_new_session=True)
 
     def our_config(self, name: str, system: dict) -> Path:
-        """The shipped config with only what the dummy model needs swapped (model path and limits),
+        """The shipped config with only what the random-weight model needs swapped (model path and limits),
         then the system's own ``overrides`` (dotted keys: replicas, routing...)."""
         cfg = yaml.safe_load((REPO / system["config"]).read_text())
         app = cfg["applications"][0]["args"]

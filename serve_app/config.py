@@ -11,7 +11,7 @@ import ipaddress
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -148,16 +148,26 @@ class IngressConfig(DeploymentConfig):
         return frozenset(keys)
 
 
-class FetchConfig(_Strict):
-    """Limits on getting image bytes from a URL."""
+class FetchLimits(_Strict):
+    """The limits every image source applies: bytes, time and retries of one image."""
 
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Cap on one image's source bytes.")
-    max_data_url_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Cap on one decoded data: URL.")
     connect_timeout_s: float = Field(5.0, gt=0, description="TCP/TLS connect timeout.")
     total_timeout_s: float = Field(20.0, gt=0, description="Whole-fetch deadline, retries included.")
-    max_redirects: int = Field(3, ge=0, description="Redirect hops followed, each re-checked.")
     retries: int = Field(2, ge=0, description="Retries on 5xx and connection errors only.")
     retry_backoff_s: float = Field(0.2, ge=0, description="First backoff; doubles per retry.")
+
+
+class DataUrlSourceConfig(FetchLimits):
+    """``data:image/...;base64,`` URLs (serve_app/images/data_url.py)."""
+
+    max_data_url_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Cap on one decoded data: URL.")
+
+
+class HttpSourceConfig(FetchLimits):
+    """``https://`` and opt-in ``http://`` URLs (serve_app/images/http_fetch.py)."""
+
+    max_redirects: int = Field(3, ge=0, description="Redirect hops followed, each re-checked.")
     allow_http: bool = Field(False, description="Accept plain http:// URLs (https:// always accepted).")
     allowed_domains: list[str] = Field(
         default_factory=list, description="If set, only these hosts (and their subdomains) are fetched."
@@ -167,6 +177,11 @@ class FetchConfig(_Strict):
         description="SSRF guard: refuse loopback, private, link-local and other non-public "
         "addresses after DNS resolution. Turn off only for tests or private stores.",
     )
+
+
+class S3SourceConfig(FetchLimits):
+    """``s3://bucket/key`` URLs (serve_app/images/s3_fetch.py)."""
+
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); AWS if unset.")
     s3_region: str | None = Field(None, description="S3 region; boto3's default chain if unset.")
     s3_allowed_buckets: list[str] = Field(
@@ -186,13 +201,22 @@ class FetchConfig(_Strict):
         "executor (DNS lookups), so that slow S3 cannot starve https fetches.",
     )
 
-    def with_environment(self) -> "FetchConfig":
+    def with_environment(self) -> "Self":
         """This config with ``s3_allowed_buckets`` from the environment when it is set there."""
         buckets = _env_list(self.s3_allowed_buckets_env)
         return self if buckets is None else self.model_copy(update={"s3_allowed_buckets": buckets})
 
     def s3_bucket_allowed(self, bucket: str) -> bool:
         return "*" in self.s3_allowed_buckets or bucket in self.s3_allowed_buckets
+
+
+class FetchConfig(DataUrlSourceConfig, HttpSourceConfig, S3SourceConfig):
+    """Getting image bytes from a URL: the limits all sources share and each source's own section.
+
+    An image source (serve_app/images/sources.py) reads only its section, a ``FetchLimits``
+    subclass; this class joins the sections, so their keys stay flat under ``image_pool.fetch``
+    and each key keeps its source's prefix. A new source adds its section to the bases here.
+    """
 
 
 class DecodeConfig(_Strict):

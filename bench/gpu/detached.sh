@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# A bench runner on the lent GPU machine (after `source /tmp/parts/bin/install.sh`), detached,
-# so that later device calls only poll:
+# A bench runner on a GPU machine, detached, so that later commands only poll. First
+# `source /tmp/parts/bin/install.sh`: the wheel kit beside the repository (../shared/gpu-kit)
+# installs vLLM 0.25.1, Ray 2.60.0, mistral_common 1.13.1 and transformers 5.16.0 from wheels
+# into /tmp/site and writes a Pixtral-12B checkpoint stub (params.json, tekken.json; served
+# with `load_format: dummy`, random weights) to /tmp/pixtral-12b.
 #   bash bench/gpu/detached.sh start RUNNER [args...]  # copy the repo to /tmp/repo, run RUNNER there
 #   bash bench/gpu/detached.sh poll [SECONDS]          # progress; results to $OUT
 # RUNNER is bench/run.py (real traffic) or bench/reliability.py; it writes /tmp/bench/result.json
-# (--out is added here). The device rebuilds the working tree for every call and keeps only
-# /tmp, so the run works from its own copy and writes to /tmp/bench.
+# (--out is added here). The machine's working tree is rebuilt for every command and only
+# /tmp is kept, so the run works from its own copy and writes to /tmp/bench.
 set -uo pipefail
 case "${1:-}" in
   start)

@@ -11,7 +11,7 @@ from ray.serve.metrics import Counter, Histogram
 
 from serve_app.config import ImagePoolConfig
 from serve_app.errors import ImageError
-from serve_app.images import ImageGrid, ImageLoader, PreparedImage, s3_policy_at_start
+from serve_app.images import ImageGrid, ImageLoader, PreparedImage, sources_at_start
 
 _SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
@@ -22,7 +22,7 @@ class ImagePool:
         # Parallelism comes from decode threads and replicas; OpenCV's own threads
         # would oversubscribe the replica's CPUs.
         cv2.setNumThreads(1)
-        self._loader = ImageLoader(s3_policy_at_start(config.fetch), config.decode, grid)
+        self._loader = ImageLoader(sources_at_start(config.fetch), config.decode, grid)
         self._fetch_s = Histogram(
             "pixtral_image_fetch_seconds", description="Time to get an image's bytes.", boundaries=_SECONDS
         )

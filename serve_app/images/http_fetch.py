@@ -1,4 +1,4 @@
-"""https:// (and opt-in http://) image fetches with every limit of ``FetchConfig``.
+"""The https:// (and opt-in http://) image source, with every limit of ``HttpSourceConfig``.
 
 Policy lives here, decoding does not: scheme, domain allow-list and SSRF are
 re-checked on every redirect hop; the byte cap is enforced from
@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from serve_app.config import FetchConfig
+from serve_app.config import HttpSourceConfig
 from serve_app.errors import (
     ImageError,
     ImageFetchError,
@@ -30,7 +30,7 @@ from serve_app.errors import (
     ImageTooLargeError,
     UnsupportedImageSourceError,
 )
-from serve_app.images.sources import short
+from serve_app.images.sources import ImageSource, register_source, short
 from serve_app.images.ssrf import PinnedBackend, PinnedTransport, Resolver, blocked_reason, literal_ip
 
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -43,16 +43,22 @@ class _Retryable(Exception):
         self.final = final
 
 
-class HttpFetcher:
+@register_source
+class HttpSource(ImageSource):
     """Fetches image bytes over HTTP(S); one connection pool per instance.
 
-    ``resolver`` replaces DNS (tests, or a caching resolver); the SSRF guard
+    ``_resolver`` replaces DNS (tests, or a caching resolver); the SSRF guard
     applies to whatever it returns.
     """
 
-    def __init__(self, config: FetchConfig, *, resolver: Resolver | None = None):
+    schemes = ("https", "http")
+    hint = "https://"
+    config_section = HttpSourceConfig
+    clients = ("_resolver",)
+
+    def __init__(self, config: HttpSourceConfig, *, _resolver: Resolver | None = None):
         self._config = config
-        transport = PinnedTransport(PinnedBackend(block_private=config.block_private_addresses, resolver=resolver))
+        transport = PinnedTransport(PinnedBackend(block_private=config.block_private_addresses, resolver=_resolver))
         self._client = httpx.AsyncClient(
             transport=transport,
             follow_redirects=False,

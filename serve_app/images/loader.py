@@ -23,11 +23,8 @@ from serve_app.config import DecodeConfig, FetchConfig
 from serve_app.errors import ImageError
 from serve_app.images.decode import decode_and_resize
 from serve_app.images.grid import ImageGrid
-from serve_app.images.http_fetch import HttpFetcher
 from serve_app.images.prepared import PreparedImage
-from serve_app.images.s3_fetch import S3Fetcher
-from serve_app.images.sources import decode_data_url, parse_s3_url, scheme_of
-from serve_app.images.ssrf import REQUEST_ID, Resolver
+from serve_app.images.sources import REQUEST_ID, ImageSource, open_source, scheme_of, sources_for
 
 T = TypeVar("T")
 
@@ -66,29 +63,28 @@ class _SingleFlight:
 class ImageLoader:
     """Fetches, decodes and resizes images for Pixtral.
 
-    Accepts ``data:image/...;base64,`` URLs, ``https://`` (``http://`` only
-    with ``fetch.allow_http``) and ``s3://bucket/key``. Every failure is a
-    typed ``ImageError`` with ``param`` left for the caller to fill in.
-    ``pixels`` of a returned image are read-only, as they may be shared with
-    the cache.
+    Accepts the URLs of every registered image source whose config section
+    ``fetch`` has (serve_app/images/sources.py): as shipped, ``data:image/...;base64,``
+    URLs, ``https://`` (``http://`` only with ``fetch.allow_http``) and
+    ``s3://bucket/key``. ``clients`` are handed to the sources that name them
+    (``s3_client``: a boto3 S3 client; ``_resolver``: DNS for https fetches, tests only).
+    Every failure is a typed ``ImageError`` with ``param`` left for the caller to
+    fill in. ``pixels`` of a returned image are read-only, as they may be shared
+    with the cache.
     """
 
-    def __init__(
-        self,
-        fetch: FetchConfig,
-        decode: DecodeConfig,
-        grid: ImageGrid,
-        *,
-        s3_client: Any = None,
-        _resolver: Resolver | None = None,
-    ):
+    def __init__(self, fetch: FetchConfig, decode: DecodeConfig, grid: ImageGrid, **clients: Any):
         self._fetch_cfg = fetch
         self._decode_cfg = decode
         self._grid = grid
+        self._offered = sources_for(fetch)
+        taken = {name for source in self._offered.values() for name in source.clients}
+        unknown = sorted(set(clients) - taken)
+        if unknown:
+            raise TypeError(f"ImageLoader got keyword arguments no image source takes: {unknown}")
+        self._clients = clients
+        self._open: dict[type[ImageSource], ImageSource] = {}
         self._pool = ThreadPoolExecutor(max_workers=decode.decode_threads, thread_name_prefix="image-decode")
-        self._http: HttpFetcher | None = None
-        self._resolver = _resolver
-        self._s3 = S3Fetcher(fetch, client=s3_client)
         self._cache: OrderedDict[str, PreparedImage] = OrderedDict()
         self._fetches = _SingleFlight()
         self._decodes = _SingleFlight()
@@ -104,30 +100,28 @@ class ImageLoader:
             REQUEST_ID.reset(token)
 
     async def _load(self, url: str) -> PreparedImage:
-        scheme = scheme_of(url)
+        source = self._source(scheme_of(url, self._offered))
         t0 = time.perf_counter()
-        if scheme == "data":
-            data = decode_data_url(url, self._fetch_cfg)
-        elif scheme == "s3":
-            loc = parse_s3_url(url, self._fetch_cfg)
-            data, _ = await self._fetches.run(("s3", url), lambda: self._s3.fetch(url, loc))
+        if source.remote:
+            data, _ = await self._fetches.run(url, lambda: source.fetch(url))
         else:
-            http = self._http_fetcher()
-            data, _ = await self._fetches.run(("http", url), lambda: http.fetch(url))
+            data = await source.fetch(url)
         fetch_s = time.perf_counter() - t0
         return await self._prepare(data, fetch_s)
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
-        self._s3.close()
+        opened, self._open = list(self._open.values()), {}
+        for source in opened:
+            await source.aclose()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _http_fetcher(self) -> HttpFetcher:
-        if self._http is None:
-            self._http = HttpFetcher(self._fetch_cfg, resolver=self._resolver)
-        return self._http
+    def _source(self, scheme: str) -> ImageSource:
+        """The source of ``scheme``, opened on first use (one instance serves all its schemes)."""
+        cls = self._offered[scheme]
+        source = self._open.get(cls)
+        if source is None:
+            source = self._open[cls] = open_source(cls, self._fetch_cfg, self._clients)
+        return source
 
     async def _prepare(self, data: bytes, fetch_s: float) -> PreparedImage:
         loop = asyncio.get_running_loop()

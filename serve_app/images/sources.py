@@ -1,32 +1,35 @@
-"""Which image URLs we accept, and the cheap checks that need no network."""
+"""Image sources: one class per URL scheme family, registered by scheme.
+
+A source owns everything about its URLs: its config section (a ``FetchLimits``
+subclass in serve_app/config.py), its policy (the checks that refuse a URL) and its
+fetcher. The loader knows none of them by name: it finds the source of a URL's
+scheme here, opens it on first use with the loader's ``FetchConfig`` and awaits
+``fetch``. The shipped sources (``data:``, ``https``/``http``, ``s3``) are the
+modules in ``_BUILT_IN``; they register themselves when imported. Adding one (a
+``gs://`` source, say) is a module with a ``@register_source`` class, its config
+section added to ``FetchConfig``'s bases, and its module named in ``_BUILT_IN``.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import ipaddress
-import logging
-import re
-import unicodedata
-from dataclasses import dataclass
+import contextvars
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
 
-from serve_app.config import FetchConfig
-from serve_app.errors import (
-    ImageDecodeError,
-    ImageNotFoundError,
-    ImageTooLargeError,
-    UnsupportedImageSourceError,
+from serve_app.config import FetchConfig, FetchLimits
+from serve_app.errors import UnsupportedImageSourceError
+
+_BUILT_IN = (
+    "serve_app.images.http_fetch",
+    "serve_app.images.s3_fetch",
+    "serve_app.images.data_url",
 )
+"""Modules of the shipped sources, in the order the unsupported-URL message names them."""
 
-logger = logging.getLogger(__name__)
-
-_DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class S3Location:
-    bucket: str
-    key: str
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("pixtral_image_request_id", default=None)
+"""The request an image load belongs to, for the log lines of a source's refusals (set by the loader)."""
 
 
 def short(url: str, limit: int = 80) -> str:
@@ -34,114 +37,101 @@ def short(url: str, limit: int = 80) -> str:
     return url if len(url) <= limit else url[: limit - 3] + "..."
 
 
-def decode_data_url(url: str, config: FetchConfig) -> bytes:
-    """The payload of a ``data:image/...;base64,`` URL, size-checked before decoding."""
-    match = _DATA_URL.match(url)
-    if match is None:
-        raise UnsupportedImageSourceError(f"data URL is malformed: {short(url)}")
-    mime = match["mime"].strip().lower()
-    params = [p.strip().lower() for p in match["params"].split(";") if p.strip()]
-    if not mime.startswith("image/"):
-        raise UnsupportedImageSourceError(
-            f"data URL has media type {mime or 'none'!r}; only image/* is accepted"
-        )
-    if "base64" not in params:
-        raise UnsupportedImageSourceError("data URL must be base64-encoded (data:image/...;base64,...)")
-    payload = url[match.end():]
-    # 4 base64 characters carry 3 bytes; check before spending memory on decoding.
-    if len(payload) > (config.max_data_url_bytes + 2) // 3 * 4 + 4:
-        raise ImageTooLargeError(f"image exceeds {config.max_data_url_bytes} bytes (data URL)")
-    try:
-        data = base64.b64decode("".join(payload.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise ImageDecodeError("data URL payload is not valid base64") from None
-    if len(data) > config.max_data_url_bytes:
-        raise ImageTooLargeError(f"image exceeds {config.max_data_url_bytes} bytes (data URL)")
-    if not data:
-        raise ImageDecodeError("data URL payload is empty; image is not a decodable image")
-    return data
+class ImageSource(ABC):
+    """The bytes behind the URLs of some schemes, with that source's policy applied.
+
+    ``config_section`` is the part of ``FetchConfig`` the source reads; a loader whose
+    config lacks the section does not offer the source. ``clients`` names the keyword
+    arguments of ``ImageLoader`` that the source's constructor takes, under the same
+    names (a shared client, or a test double). Every refusal and failure is a typed
+    ``ImageError``.
+    """
+
+    schemes: ClassVar[tuple[str, ...]]
+    """Lower-case URL schemes this source serves."""
+    hint: ClassVar[str]
+    """How a client writes such a URL, for the unsupported-URL message (e.g. ``s3://``)."""
+    config_section: ClassVar[type[FetchLimits]]
+    clients: ClassVar[tuple[str, ...]] = ()
+    remote: ClassVar[bool] = True
+    """Whether the bytes come from elsewhere: the loader then shares concurrent fetches of one URL."""
+
+    @classmethod
+    def at_start(cls, config: FetchConfig) -> FetchConfig:
+        """The config a pool replica runs with, after this source's start-up policy (environment, warnings)."""
+        return config
+
+    @abstractmethod
+    async def fetch(self, url: str) -> bytes:
+        """The image bytes of ``url``, or a typed ImageError (checks that need no network come first)."""
+
+    async def aclose(self) -> None:
+        """Release connections and threads (a source without any has nothing to do)."""
 
 
-def s3_policy_at_start(config: FetchConfig) -> FetchConfig:
-    """The fetch config a pool replica runs with: the S3 bucket allow-list from the environment
-    when it is set there, and a warning when every bucket is open."""
-    config = config.with_environment()
-    if "*" in config.s3_allowed_buckets:
-        logger.warning(
-            "s3_allowed_buckets is ['*']: clients may read every S3 object this replica's credentials "
-            "can read; list the buckets instead (image_pool.fetch.s3_allowed_buckets or %s)",
-            config.s3_allowed_buckets_env,
-        )
+S = TypeVar("S", bound=type[ImageSource])
+
+_registry: dict[str, type[ImageSource]] = {}
+_built_in_loaded = False
+
+
+def _load_built_in() -> None:
+    global _built_in_loaded
+    if not _built_in_loaded:
+        _built_in_loaded = True
+        for module in _BUILT_IN:
+            importlib.import_module(module)
+
+
+def register_source(source: S) -> S:
+    """Serve ``source.schemes`` with ``source`` (a class decorator); a scheme already taken is an error."""
+    _load_built_in()
+    taken = [s for s in source.schemes if _registry.get(s, source) is not source]
+    if taken:
+        raise ValueError(f"image URL scheme(s) {taken} already served by {_registry[taken[0]].__name__}")
+    for scheme in source.schemes:
+        _registry[scheme] = source
+    return source
+
+
+def unregister_source(source: type[ImageSource]) -> None:
+    """Stop serving ``source``'s schemes (tests, and a plugin being replaced)."""
+    for scheme in source.schemes:
+        if _registry.get(scheme) is source:
+            del _registry[scheme]
+
+
+def registered_sources() -> Mapping[str, type[ImageSource]]:
+    """Scheme -> source class: the shipped sources first, in ``_BUILT_IN``'s order whatever order
+    their modules were imported in, then the others in registration order."""
+    _load_built_in()
+    rank = {module: i for i, module in enumerate(_BUILT_IN)}
+    return dict(sorted(_registry.items(), key=lambda item: rank.get(item[1].__module__, len(rank))))
+
+
+def sources_for(config: FetchConfig) -> dict[str, type[ImageSource]]:
+    """The registered sources whose config section ``config`` has."""
+    return {scheme: source for scheme, source in registered_sources().items() if isinstance(config, source.config_section)}
+
+
+def sources_at_start(config: FetchConfig) -> FetchConfig:
+    """The fetch config a pool replica runs with: every offered source's start-up policy applied."""
+    for source in dict.fromkeys(sources_for(config).values()):
+        config = source.at_start(config)
     return config
 
 
-def s3_not_found(url: str) -> ImageNotFoundError:
-    """The one answer for a missing, unreadable or not-allowed S3 object, so none can be told apart."""
-    return ImageNotFoundError(f"image not found: {short(url)}")
-
-
-# S3's rules for general purpose bucket names
-# (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html).
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
-_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
-_MAX_KEY_BYTES = 1024
-
-
-def s3_bucket_problem(bucket: str) -> str | None:
-    """Why ``bucket`` is not a valid S3 bucket name, or None."""
-    if not _BUCKET.fullmatch(bucket):
-        return "3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
-    if ".." in bucket:
-        return "no two adjacent dots"
-    try:
-        ipaddress.IPv4Address(bucket)
-        return "not an IP address"
-    except ValueError:
-        pass
-    if bucket.startswith(_BUCKET_PREFIXES) or bucket.endswith(_BUCKET_SUFFIXES):
-        return "no prefix or suffix S3 reserves"
-    return None
-
-
-def s3_key_problem(key: str) -> str | None:
-    """Why ``key`` may not be fetched: a path-style endpoint or a normalising proxy in front of
-    S3 (MinIO, Ceph) could resolve ``.``/``..``/empty segments into another bucket's object."""
-    if not key:
-        return "the key is empty"
-    if len(key.encode("utf-8", "surrogatepass")) > _MAX_KEY_BYTES:
-        return f"the key is longer than {_MAX_KEY_BYTES} bytes"
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in key):
-        return "the key has control characters"
-    if any(segment in ("", ".", "..") for segment in key.split("/")):
-        return "the key has an empty, '.' or '..' segment"
-    return None
-
-
-def parse_s3_url(url: str, config: FetchConfig) -> S3Location:
-    """``s3://bucket/key``, strictly, with the bucket allow-list applied (empty list: no bucket at all)."""
-    if url[:5].lower() != "s3://":
-        raise UnsupportedImageSourceError(f"S3 URL must start with s3://: {short(url)}")
-    bucket, slash, key = url[5:].partition("/")
-    if not bucket or not slash:
-        raise UnsupportedImageSourceError(f"S3 URL must be s3://bucket/key: {short(url)}")
-    problem = s3_bucket_problem(bucket)
-    if problem is not None:
-        raise UnsupportedImageSourceError(f"S3 URL has an invalid bucket name ({problem}): {short(url)}")
-    problem = s3_key_problem(key)
-    if problem is not None:
-        raise UnsupportedImageSourceError(f"S3 URL is not s3://bucket/key ({problem}): {short(url)}")
-    if not config.s3_bucket_allowed(bucket):
-        raise s3_not_found(url)
-    return S3Location(bucket, key)
-
-
-def scheme_of(url: str) -> str:
-    """Lower-cased scheme, or raise UnsupportedImageSourceError for anything we do not fetch."""
+def scheme_of(url: str, offered: Mapping[str, type[ImageSource]]) -> str:
+    """Lower-cased scheme of ``url`` when a source in ``offered`` serves it, else UnsupportedImageSourceError."""
     head, sep, _ = url.partition(":")
     scheme = head.lower() if sep else ""
-    if scheme in ("data", "https", "http", "s3"):
+    if scheme in offered:
         return scheme
-    raise UnsupportedImageSourceError(
-        f"unsupported image URL {short(url, 40)!r}: use https://, s3:// or a data:image/...;base64 URL"
-    )
+    hints = list(dict.fromkeys(source.hint for source in offered.values()))
+    listed = ", ".join(hints[:-1]) + " or " + hints[-1] if len(hints) > 1 else "".join(hints)
+    raise UnsupportedImageSourceError(f"unsupported image URL {short(url, 40)!r}: use {listed}")
+
+
+def open_source(source: type[ImageSource], config: FetchConfig, clients: Mapping[str, Any]) -> ImageSource:
+    """An instance of ``source`` for ``config``, given the loader's clients that it takes."""
+    return source(config, **{name: clients[name] for name in source.clients if name in clients})  # type: ignore[call-arg]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import ipaddress
 import logging
 import socket
@@ -26,6 +25,7 @@ import httpcore
 import httpx
 
 from serve_app.errors import ImageFetchTimeoutError, ImageForbiddenError, ImageHostNotFoundError
+from serve_app.images.sources import REQUEST_ID
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +73,6 @@ def literal_ip(host: str) -> str | None:
     except ValueError:
         return None
 
-
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("pixtral_image_request_id", default=None)
-"""The request an image fetch belongs to, for the log lines of its refusals (set by the loader)."""
 
 NOT_PUBLIC = "the image host does not resolve to a public address; refusing to fetch"
 """One answer for a name that resolves to a non-public address and, with the guard on, for one

@@ -6,7 +6,7 @@ import pytest
 
 from serve_app.config import FetchConfig
 from serve_app.errors import ImageNotFoundError, UnsupportedImageSourceError
-from serve_app.images.sources import S3Location, parse_s3_url
+from serve_app.images.s3_fetch import S3Location, parse_s3_url
 
 OPEN = FetchConfig(s3_allowed_buckets=["*"])
 
