@@ -23,6 +23,7 @@ from serve_app.api.responses import completion, sse_events
 from serve_app.api.server_timing import StageClock, format_server_timing
 from serve_app.compat.ray_serve import REPLICA_GONE, serve_http_host
 from serve_app.config import AppConfig, IngressConfig, is_loopback_host
+from serve_app.deployments import INGRESS
 from serve_app.deployments.replica_status import ReplicaStatus
 from serve_app.errors import (
     AdmissionRefusedError,
@@ -33,8 +34,8 @@ from serve_app.errors import (
     TooManyImagesError,
     UnknownModelError,
 )
-from serve_app.routing import affinity_key
 from serve_app.routing import replica_set
+from serve_app.routing.policy import RoutingPolicy
 from serve_app.routing.request_router import RoutingTag
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def _replica_header(first: Any, enabled: bool) -> dict[str, str]:
     return {"X-Pixtral-Replica": first.replica} if enabled and first.replica else {}
 
 
-@serve.deployment(name="OpenAIIngress")
+@serve.deployment(name=INGRESS)
 @serve.ingress(app)
 class OpenAIIngress:
     async def __init__(self, config: AppConfig, image_pool: DeploymentHandle, llm: DeploymentHandle):
@@ -102,7 +103,7 @@ class OpenAIIngress:
         # routers learn the routable replicas, which /ready and the door answer from, at once.
         self._pool = image_pool.options()
         self._llm_stream = llm.options(stream=True)  # one handle, not one per request
-        self._routing = config.llm.routing
+        self._routing = RoutingPolicy.of(config.llm)
         self._api_keys = config.ingress.resolved_api_keys()
         listener = await asyncio.to_thread(serve_http_host)
         self._keys_required = keys_required(config.ingress, self._api_keys, listener)
@@ -183,10 +184,7 @@ class OpenAIIngress:
         images = await self._prepare_images(chat, request_id)
         clock.mark("images")
         messages = chat.plain_messages()
-        key = ""
-        if self._routing.policy == "affinity":
-            image_ids = [image.content_id for image in images]
-            key = affinity_key(messages, image_ids, prefix_chars=self._routing.prefix_chars)
+        key = self._routing.key(messages, [image.content_id for image in images])
         stream, first = await self._first_chunk(request_id, key, messages, images, chat.settings(), clock)
         clock.mark("llm")
         headers = {

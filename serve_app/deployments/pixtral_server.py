@@ -15,6 +15,7 @@ from serve_app.api.models import RequestSettings
 from serve_app.api.server_timing import StageClock
 from serve_app.compat.ray_serve import end_this_replica
 from serve_app.config import AppConfig
+from serve_app.deployments import LLM
 from serve_app.engine.admission import PrefixCacheEstimate, WorkLedger
 from serve_app.engine.prompt import PixtralPromptBuilder
 from serve_app.engine.protocol import Engine, GenerationChunk
@@ -58,7 +59,7 @@ def prompt_size(messages: list[dict[str, Any]], images: list[PreparedImage], gri
     return chars + sum(grid.num_tokens(image.width, image.height) for image in images)
 
 
-@serve.deployment(name="PixtralServer")
+@serve.deployment(name=LLM)
 class PixtralServer:
     async def __init__(self, config: AppConfig, engine_factory: EngineFactory = vllm_engine_factory):
         self._config = config
