@@ -24,7 +24,7 @@ def app_args(name: str) -> dict:
 @pytest.mark.parametrize("name", CONFIG_FILES)
 def test_shipped_configs_validate_with_serve_and_ours(name):
     document = yaml.safe_load((REPO / name).read_text())
-    schema = ServeDeploySchema.parse_obj(document)
+    schema = ServeDeploySchema.model_validate(document)
     assert schema.applications[0].import_path == "serve_app.app:build_app"
     AppConfig.model_validate(app_args(name))
 
