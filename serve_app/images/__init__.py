@@ -1,13 +1,18 @@
 """Image ingestion for Pixtral: fetch (data:, https, s3), policy, decode, resize, cache.
 
-Public surface: ``ImageLoader``, ``ImageGrid``, ``PreparedImage``,
-``s3_policy_at_start``. Everything
-else in this package is private to it.
+Public surface: ``ImageLoader``, ``ImageGrid``, ``PreparedImage``, ``s3_policy_at_start``, and
+``decode_and_resize`` for bench/preprocess.py. Everything else in this package is private to it.
 """
 
-from serve_app.images.grid import ImageGrid
-from serve_app.images.loader import ImageLoader
-from serve_app.images.prepared import PreparedImage
-from serve_app.images.sources import s3_policy_at_start
+from serve_app import _lazy_exports
 
-__all__ = ["ImageGrid", "ImageLoader", "PreparedImage", "s3_policy_at_start"]
+__all__, __getattr__ = _lazy_exports(
+    __name__,
+    {
+        "decode": ("decode_and_resize",),
+        "grid": ("ImageGrid",),
+        "loader": ("ImageLoader",),
+        "prepared": ("PreparedImage",),
+        "sources": ("s3_policy_at_start",),
+    },
+)
