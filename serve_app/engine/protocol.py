@@ -17,9 +17,9 @@ class ChatPrompt:
     (``serve_app.engine.prompt.PixtralPromptBuilder`` builds them)."""
 
     token_ids: list[int]
-    images: list["Image.Image"]
+    images: list[Image.Image]
     image_ids: list[str]
-    tool_call_ids: "ToolCallIds | None" = None  # the client's tool-call ids as the prompt carries them
+    tool_call_ids: ToolCallIds | None = None  # the client's tool-call ids as the prompt carries them
 
 
 @dataclass(frozen=True)
