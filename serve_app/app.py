@@ -17,7 +17,7 @@ from serve_app.deployments.image_pool import ImagePool
 from serve_app.deployments.ingress import OpenAIIngress
 from serve_app.deployments.pixtral_server import EngineFactory, PixtralServer, vllm_engine_factory
 from serve_app.engine.prompt import image_grid_of
-from serve_app.routing.request_router import CacheAffinityRouter
+from serve_app.routing.policy import RoutingPolicy, router_config
 
 
 def _common_options(deployment: DeploymentConfig) -> dict[str, Any]:
@@ -31,15 +31,6 @@ def _common_options(deployment: DeploymentConfig) -> dict[str, Any]:
     }
 
 
-def _router(deployment: str, **kwargs: Any) -> dict[str, Any]:
-    """Our request router on a deployment: it also tells the ingress which replicas are routable
-    and where each request went (``serve_app.routing.replica_set``)."""
-    return {
-        "request_router_class": CacheAffinityRouter,
-        "request_router_kwargs": {"deployment": deployment, **kwargs},
-    }
-
-
 def llm_options(config: AppConfig) -> dict[str, Any]:
     llm = config.llm
     actor: dict[str, Any] = {"num_cpus": llm.num_cpus}
@@ -50,8 +41,7 @@ def llm_options(config: AppConfig) -> dict[str, Any]:
         "ray_actor_options": actor,
         "health_check_period_s": llm.health_check_period_s,
         "health_check_timeout_s": 60,
-        # Keyless requests (pow2) get Serve's power of two choices from the same router.
-        "request_router_config": _router(PixtralServer.name, busy_at=llm.busy_ongoing_requests()),
+        "request_router_config": RoutingPolicy.of(llm).router_config(PixtralServer.name),
     }
     if llm.target_pending_s is not None:
         options["autoscaling_config"] = {
@@ -82,7 +72,7 @@ def build_pipeline(config: AppConfig, engine_factory: EngineFactory = vllm_engin
     pool = ImagePool.options(
         **_common_options(config.image_pool),
         ray_actor_options={"num_cpus": config.image_pool.num_cpus},
-        request_router_config=_router(ImagePool.name),
+        request_router_config=router_config(ImagePool.name),
     ).bind(config.image_pool, grid)
     llm = PixtralServer.options(**llm_options(config)).bind(config, engine_factory)
     return OpenAIIngress.options(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.api.errors import as_service_error
+from serve_app.engine.protocol import SamplingSettings
 from serve_app.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -17,6 +18,26 @@ if TYPE_CHECKING:
 
 # OpenAI's and mistral_common's rule for function and schema names.
 NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+@dataclass(frozen=True)
+class ForcedToolCall:
+    """tool_choice "required" or a named function: the output must be a call of the offered tools."""
+
+    named: str | None  # the one function it must call; None: any of the tools
+    parallel: bool  # parallel_tool_calls: more than one call allowed
+
+
+@dataclass(frozen=True)
+class RequestSettings:
+    """What a chat request asks of the LLM replica besides its messages and images, validated
+    once by ``ChatCompletionRequest``; it crosses the DeploymentHandle as it is (Ray Serve LLM
+    hands its typed requests to the LLM server the same way). The LLM replica settles what
+    needs the prompt: ``max_tokens`` within the context, a forced call's grammar."""
+
+    sampling: SamplingSettings  # sampling.max_tokens: the client's, or None
+    tools: list[dict[str, Any]] = field(default_factory=list)  # offered in the prompt: {name, description, parameters}
+    forced_call: ForcedToolCall | None = None
 
 
 class _Wire(BaseModel):
@@ -214,8 +235,16 @@ class ChatCompletionRequest(_Wire):
             return "auto" if self.tools else "none"
         return self.tool_choice
 
-    def check_limits(self, limits: "ChatFieldsConfig") -> None:
-        """The server's caps on ``n``, ``top_logprobs`` and JSON schemas (400 naming the field)."""
+    def check_limits(self, limits: "ChatFieldsConfig", *, max_tokens_limit: int) -> None:
+        """The server's caps on ``max_tokens``, ``n``, ``top_logprobs`` and JSON schemas (400 naming
+        the field). Whether ``max_tokens`` fits beside the prompt is the LLM replica's to say."""
+        requested, param = self.requested_max_tokens()
+        if requested is not None and requested > max_tokens_limit:
+            raise InvalidRequestError(
+                f"{param}={requested} is more than this server allows per request ({max_tokens_limit})",
+                param=param,
+                code="max_tokens_too_large",
+            )
         if self.n > limits.max_n:
             raise InvalidRequestError(f"n={self.n} is more than this server allows ({limits.max_n})", param="n")
         if self.top_logprobs is not None and self.top_logprobs > limits.max_top_logprobs:
@@ -290,18 +319,37 @@ class ChatCompletionRequest(_Wire):
             for tool in self.tools or []
         ]
 
-    def structured_output(self) -> dict[str, Any] | None:
-        """What the engine must hold the output to: ``{"json": schema}``, ``{"json_object": True}``,
-        ``{"tools": [...], "named": name|None, "parallel": bool}`` for a forced tool call, or None."""
-        mode = self.tool_choice_mode()
-        if mode in ("required", "function"):
+    def settings(self) -> RequestSettings:
+        """What the LLM replica needs of this request besides its messages and images. A forced
+        tool call holds the output to its own grammar (the LLM replica builds it), so
+        ``response_format`` counts only without one."""
+        forced = None
+        json_schema, json_object = None, False
+        if self.tool_choice_mode() in ("required", "function"):
             named = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
-            return {"tools": self.plain_tools(), "named": named, "parallel": self.parallel_tool_calls}
-        if self.response_format is None or self.response_format.type == "text":
-            return None
-        if self.response_format.json_schema is not None:
-            return {"json": self.response_format.json_schema.json_schema}
-        return {"json_object": True}
+            forced = ForcedToolCall(named=named, parallel=self.parallel_tool_calls)
+        elif self.response_format is not None and self.response_format.json_schema is not None:
+            json_schema = self.response_format.json_schema.json_schema
+        elif self.response_format is not None:
+            json_object = self.response_format.type == "json_object"
+        sampling = SamplingSettings(
+            max_tokens=self.requested_max_tokens()[0],
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=self.stop,
+            seed=self.seed,
+            ignore_eos=self.ignore_eos,
+            n=self.n,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+            json_schema=json_schema,
+            json_object=json_object,
+        )
+        return RequestSettings(sampling=sampling, tools=self.plain_tools(), forced_call=forced)
 
 
 def check_json_schema(schema: dict[str, Any], limits: "ChatFieldsConfig", *, param: str) -> None:
@@ -370,139 +418,3 @@ async def parse_chat_request_off_loop(body: bytes, *, off_loop_above: int) -> Ch
     if len(body) > off_loop_above:
         return await asyncio.to_thread(parse_chat_request, body)
     return parse_chat_request(body)
-
-
-def completion_body(
-    *,
-    request_id: str,
-    model: str,
-    text: str = "",
-    finish_reason: str | None = None,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cached_tokens: int | None = None,
-    choices: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """A chat.completion; ``choices`` (from ``Choices.bodies``) or one choice of ``text``."""
-    if choices is None:
-        choices = [choice_body(0, text, None, finish_reason, None)]
-    return {
-        "id": request_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": usage_body(prompt_tokens, completion_tokens, cached_tokens),
-    }
-
-
-def openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Parsed calls ``{id, name, arguments}`` in OpenAI's message shape."""
-    return [
-        {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
-        for call in calls
-    ]
-
-
-def choice_body(
-    index: int,
-    text: str,
-    tool_calls: list[dict[str, Any]] | None,
-    finish_reason: str | None,
-    logprobs: list[dict[str, Any]] | None,
-) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
-    if tool_calls:
-        message["tool_calls"] = openai_tool_calls(tool_calls)
-    return {
-        "index": index,
-        "message": message,
-        "finish_reason": finish_reason,
-        "logprobs": None if logprobs is None else {"content": logprobs},
-    }
-
-
-class Choices:
-    """A generation's chunks gathered per choice, for a non-streamed answer."""
-
-    def __init__(self) -> None:
-        self._choices: dict[int, dict[str, Any]] = {}
-
-    def add(self, chunk: Any) -> None:
-        entry = self._choices.setdefault(
-            chunk.index, {"text": [], "token_ids": [], "logprobs": None, "tool_calls": None, "finish_reason": None}
-        )
-        entry["text"].append(chunk.text)
-        entry["token_ids"].extend(chunk.token_ids)
-        if chunk.logprobs is not None:
-            entry["logprobs"] = (entry["logprobs"] or []) + chunk.logprobs
-        if chunk.tool_calls:
-            entry["tool_calls"] = chunk.tool_calls
-        if chunk.finish_reason is not None:
-            entry["finish_reason"] = chunk.finish_reason
-
-    def bodies(self, *, with_token_ids: bool = False) -> list[dict[str, Any]]:
-        bodies = []
-        for index in sorted(self._choices):
-            entry = self._choices[index]
-            body = choice_body(
-                index, "".join(entry["text"]), entry["tool_calls"], entry["finish_reason"], entry["logprobs"]
-            )
-            if with_token_ids:
-                body["token_ids"] = entry["token_ids"]
-            bodies.append(body)
-        return bodies
-
-
-def chunk_deltas(chunk: Any) -> list[tuple[dict[str, Any], str | None, dict[str, Any] | None]]:
-    """The (delta, finish_reason, logprobs) events one chunk becomes when streamed: its text,
-    then each tool call as OpenAI's deltas (id and name first, then the arguments)."""
-    events: list[tuple[dict[str, Any], str | None, dict[str, Any] | None]] = []
-    logprobs = None if chunk.logprobs is None else {"content": chunk.logprobs}
-    if chunk.text or logprobs:
-        events.append(({"content": chunk.text}, None, logprobs))
-    for i, call in enumerate(chunk.tool_calls or ()):
-        head = {"index": i, "id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": ""}}
-        events.append(({"tool_calls": [head]}, None, None))
-        events.append(({"tool_calls": [{"index": i, "function": {"arguments": call["arguments"]}}]}, None, None))
-    if chunk.finish_reason is not None:
-        events.append(({}, chunk.finish_reason, None))
-    return events
-
-
-def chunk_body(
-    *,
-    request_id: str,
-    model: str,
-    created: int,
-    delta: dict[str, Any],
-    finish_reason: str | None,
-    usage: dict[str, int] | None = None,
-    with_choice: bool = True,
-    index: int = 0,
-    logprobs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": request_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}]
-        if with_choice
-        else [],
-    }
-    if usage is not None:
-        body["usage"] = usage
-    return body
-
-
-def usage_body(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
-    """OpenAI's usage object; ``prompt_tokens_details.cached_tokens`` when the engine reported it."""
-    usage: dict[str, Any] = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-    if cached_tokens is not None:
-        usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
-    return usage

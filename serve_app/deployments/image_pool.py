@@ -10,13 +10,14 @@ from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
 from serve_app.config import ImagePoolConfig
+from serve_app.deployments import IMAGE_POOL
 from serve_app.errors import ImageError
 from serve_app.images import ImageGrid, ImageLoader, PreparedImage, sources_at_start
 
 _SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 
-@serve.deployment(name="ImagePool")
+@serve.deployment(name=IMAGE_POOL)
 class ImagePool:
     def __init__(self, config: ImagePoolConfig, grid: ImageGrid):
         # Parallelism comes from decode threads and replicas; OpenCV's own threads

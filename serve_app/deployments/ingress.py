@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -18,19 +17,13 @@ from ray.serve.metrics import Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.api.body_budget import BodyBudget, BodyHold
-from serve_app.api.errors import error_response, sse_error_event, unwrap, unwrap_cause
-from serve_app.api.models import (
-    ChatCompletionRequest,
-    Choices,
-    chunk_body,
-    chunk_deltas,
-    completion_body,
-    parse_chat_request_off_loop,
-    usage_body,
-)
+from serve_app.api.errors import error_response, unwrap, unwrap_cause
+from serve_app.api.models import ChatCompletionRequest, RequestSettings, parse_chat_request_off_loop
+from serve_app.api.responses import completion, sse_events
 from serve_app.api.server_timing import StageClock, format_server_timing
 from serve_app.compat.ray_serve import REPLICA_GONE, serve_http_host
 from serve_app.config import AppConfig, IngressConfig, is_loopback_host
+from serve_app.deployments import INGRESS
 from serve_app.deployments.replica_status import ReplicaStatus
 from serve_app.errors import (
     AdmissionRefusedError,
@@ -41,8 +34,8 @@ from serve_app.errors import (
     TooManyImagesError,
     UnknownModelError,
 )
-from serve_app.routing import affinity_key
 from serve_app.routing import replica_set
+from serve_app.routing.policy import RoutingPolicy
 from serve_app.routing.request_router import RoutingTag
 
 logger = logging.getLogger(__name__)
@@ -101,7 +94,7 @@ def _replica_header(first: Any, enabled: bool) -> dict[str, str]:
     return {"X-Pixtral-Replica": first.replica} if enabled and first.replica else {}
 
 
-@serve.deployment(name="OpenAIIngress")
+@serve.deployment(name=INGRESS)
 @serve.ingress(app)
 class OpenAIIngress:
     async def __init__(self, config: AppConfig, image_pool: DeploymentHandle, llm: DeploymentHandle):
@@ -110,7 +103,7 @@ class OpenAIIngress:
         # routers learn the routable replicas, which /ready and the door answer from, at once.
         self._pool = image_pool.options()
         self._llm_stream = llm.options(stream=True)  # one handle, not one per request
-        self._routing = config.llm.routing
+        self._routing = RoutingPolicy.of(config.llm)
         self._api_keys = config.ingress.resolved_api_keys()
         listener = await asyncio.to_thread(serve_http_host)
         self._keys_required = keys_required(config.ingress, self._api_keys, listener)
@@ -190,57 +183,28 @@ class OpenAIIngress:
         clock.mark("parse")
         images = await self._prepare_images(chat, request_id)
         clock.mark("images")
-        sampling = {
-            "max_tokens": chat.requested_max_tokens()[0],
-            "temperature": chat.temperature,
-            "top_p": chat.top_p,
-            "stop": chat.stop,
-            "seed": chat.seed,
-            "ignore_eos": chat.ignore_eos,
-            "n": chat.n,
-            "presence_penalty": chat.presence_penalty,
-            "frequency_penalty": chat.frequency_penalty,
-            "repetition_penalty": chat.repetition_penalty,
-            "top_k": chat.top_k,
-            "min_p": chat.min_p,
-            "logprobs": (chat.top_logprobs or 0) if chat.logprobs else None,
-            "tools": chat.plain_tools(),
-            "structured": chat.structured_output(),
-        }
         messages = chat.plain_messages()
-        key = ""
-        if self._routing.policy == "affinity":
-            image_ids = [image.content_id for image in images]
-            key = affinity_key(messages, image_ids, prefix_chars=self._routing.prefix_chars)
-        stream, first = await self._first_chunk(request_id, key, messages, images, sampling, clock)
+        key = self._routing.key(messages, [image.content_id for image in images])
+        stream, first = await self._first_chunk(request_id, key, messages, images, chat.settings(), clock)
         clock.mark("llm")
         headers = {
             **_replica_header(first, self._config.ingress.replica_header),
             **self._first_token_stages(request_id, clock, first),
         }
+        model = self._config.served_model_name
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+            events = sse_events(
+                first, stream, request_id=request_id, model=model, choices=chat.n, include_usage=include_usage
+            )
             return StreamingResponse(
-                self._sse(request_id, first, stream, include_usage, chat.n),
+                events,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
             )
-        choices = Choices()
-        choices.add(first)
-        last = first
-        async for chunk in stream:
-            choices.add(chunk)
-            last = chunk
-        body = completion_body(
-            request_id=request_id,
-            model=self._config.served_model_name,
-            choices=choices.bodies(with_token_ids=chat.return_token_ids),
-            prompt_tokens=last.prompt_tokens,
-            completion_tokens=last.completion_tokens,
-            cached_tokens=last.cached_tokens,
+        body = await completion(
+            first, stream, request_id=request_id, model=model, with_token_ids=chat.return_token_ids
         )
-        if chat.return_token_ids:
-            body["prompt_token_ids"] = first.prompt_token_ids
         return JSONResponse(body, headers=headers)
 
     async def _first_chunk(
@@ -249,7 +213,7 @@ class OpenAIIngress:
         key: str,
         messages: list[dict[str, Any]],
         images: list[Any],
-        sampling: dict[str, Any],
+        settings: RequestSettings,
         clock: StageClock,
     ) -> tuple[Any, Any]:
         """The LLM's stream and its first chunk, which comes before any byte is sent, so prompt
@@ -263,7 +227,7 @@ class OpenAIIngress:
             while True:
                 tag = RoutingTag(request_id=request_id, key=key, avoid=frozenset(placement.replicas))
                 stream = self._llm_stream.options(session_id=tag.encode()).generate.remote(
-                    messages, images, sampling, request_id
+                    messages, images, settings, request_id
                 )
                 clock.mark("route")  # a refused attempt (admission) counts as route too
                 try:
@@ -318,15 +282,7 @@ class OpenAIIngress:
             raise UnknownModelError(
                 f"model {chat.model!r} is not served here; use {self._config.served_model_name!r}", param="model"
             )
-        requested, field = chat.requested_max_tokens()
-        cap = self._config.max_tokens_limit
-        if requested is not None and requested > cap:
-            raise InvalidRequestError(
-                f"{field}={requested} is more than this server allows per request ({cap})",
-                param=field,
-                code="max_tokens_too_large",
-            )
-        chat.check_limits(self._config.chat_fields)
+        chat.check_limits(self._config.chat_fields, max_tokens_limit=self._config.max_tokens_limit)
         return chat
 
     async def _prepare_images(self, chat: ChatCompletionRequest, request_id: str) -> list[Any]:
@@ -363,49 +319,3 @@ class OpenAIIngress:
             for call in calls:
                 call.cancel()
             raise
-
-    async def _sse(
-        self, request_id: str, first: Any, stream: Any, include_usage: bool, choices: int = 1
-    ) -> AsyncIterator[str]:
-        model = self._config.served_model_name
-        created = int(time.time())
-
-        def event(body: dict[str, Any]) -> str:
-            return f"data: {json.dumps(body)}\n\n"
-
-        for index in range(choices):
-            yield event(
-                chunk_body(
-                    request_id=request_id, model=model, created=created,
-                    delta={"role": "assistant", "content": ""}, finish_reason=None, index=index,
-                )
-            )
-        last = first
-        try:
-            chunk = first
-            while True:
-                for delta, finish_reason, logprobs in chunk_deltas(chunk):
-                    yield event(
-                        chunk_body(
-                            request_id=request_id, model=model, created=created, delta=delta,
-                            finish_reason=finish_reason, index=chunk.index, logprobs=logprobs,
-                        )
-                    )
-                last = chunk
-                try:
-                    chunk = await stream.__anext__()
-                except StopAsyncIteration:
-                    break
-        except Exception as exc:
-            yield sse_error_event(exc, request_id)
-            yield "data: [DONE]\n\n"
-            return
-        if include_usage:
-            yield event(
-                chunk_body(
-                    request_id=request_id, model=model, created=created, delta={}, finish_reason=None,
-                    usage=usage_body(last.prompt_tokens, last.completion_tokens, last.cached_tokens),
-                    with_choice=False,
-                )
-            )
-        yield "data: [DONE]\n\n"

@@ -11,12 +11,14 @@ from typing import Any, AsyncIterator, Callable
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
+from serve_app.api.models import RequestSettings
 from serve_app.api.server_timing import StageClock
 from serve_app.compat.ray_serve import end_this_replica
 from serve_app.config import AppConfig
+from serve_app.deployments import LLM
 from serve_app.engine.admission import PrefixCacheEstimate, WorkLedger
 from serve_app.engine.prompt import PixtralPromptBuilder
-from serve_app.engine.protocol import Engine, GenerationChunk, SamplingSettings
+from serve_app.engine.protocol import Engine, GenerationChunk
 from serve_app.engine.stall import StallWatch
 from serve_app.engine.stream import coalesce
 from serve_app.engine.system_prompt import DefaultSystemPrompt
@@ -57,7 +59,7 @@ def prompt_size(messages: list[dict[str, Any]], images: list[PreparedImage], gri
     return chars + sum(grid.num_tokens(image.width, image.height) for image in images)
 
 
-@serve.deployment(name="PixtralServer")
+@serve.deployment(name=LLM)
 class PixtralServer:
     async def __init__(self, config: AppConfig, engine_factory: EngineFactory = vllm_engine_factory):
         self._config = config
@@ -82,7 +84,7 @@ class PixtralServer:
         self,
         messages: list[dict[str, Any]],
         images: list[PreparedImage],
-        sampling: dict[str, Any],
+        request: RequestSettings,
         request_id: str,
     ) -> AsyncIterator[GenerationChunk]:
         clock = StageClock()
@@ -90,14 +92,13 @@ class PixtralServer:
             raise EngineOverloadedError("the engine is restarting; retry the request")
         if self._system_prompt is not None:
             messages = self._system_prompt.apply(messages)
-        sampling = dict(sampling)
-        tools = sampling.pop("tools", None) or []
-        structured = sampling.pop("structured", None) or {}
-        forced = "tools" in structured
+        tools, forced = request.tools, request.forced_call
         if not tools and prompt_size(messages, images, self._prompts.grid) <= self._config.llm.prompt_inline_tokens:
             prompt = self._prompts.build(messages, images)  # small: off-loop costs more than it saves
         else:
-            prompt = await asyncio.to_thread(self._prompts.build, messages, images, tools, force_tool_call=forced)
+            prompt = await asyncio.to_thread(
+                self._prompts.build, messages, images, tools, force_tool_call=forced is not None
+            )
         clock.mark("prompt")
         room = self._config.engine.max_model_len - len(prompt.token_ids)
         if room < 1:
@@ -107,7 +108,7 @@ class PixtralServer:
                 param="messages",
                 code="context_length_exceeded",
             )
-        requested = sampling.pop("max_tokens", None)
+        requested = request.sampling.max_tokens
         if requested is not None and requested > room:
             raise InvalidRequestError(
                 f"max_tokens={requested} does not fit: the prompt is {len(prompt.token_ids)} tokens and "
@@ -115,17 +116,16 @@ class PixtralServer:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        settings = SamplingSettings(
-            **sampling,
+        settings = dataclasses.replace(
+            request.sampling,
             max_tokens=requested or min(self._config.default_max_tokens, room),
-            json_schema=forced_call_schema(tools, structured["named"], structured["parallel"])
-            if forced
-            else structured.get("json"),
-            json_object=bool(structured.get("json_object")),
             compact_json=self._config.engine.compact_json,
-            schema_param="tools" if forced else "response_format",
-            keep_special_tokens=bool(tools) and not forced,  # tool_choice auto: find [TOOL_CALLS]
+            keep_special_tokens=bool(tools) and forced is None,  # tool_choice auto: find [TOOL_CALLS]
         )
+        if forced is not None:
+            settings = dataclasses.replace(
+                settings, json_schema=forced_call_schema(tools, forced.named, forced.parallel), schema_param="tools"
+            )
         # Admission charges only the prefill the engine's prefix cache will not answer.
         cache = self._cache_estimate
         lookup = cache.lookup(prompt.token_ids, prompt.image_ids) if cache else None
@@ -136,7 +136,7 @@ class PixtralServer:
             cache.remember(lookup)
         chunks = self._engine.generate(prompt, settings, request_id)
         if tools:
-            chunks = with_tool_calls(chunks, prompt.tool_call_ids, forced=forced)
+            chunks = with_tool_calls(chunks, prompt.tool_call_ids, forced=forced is not None)
         try:
             # Closed at once, not when collected, when the client goes away: coalesce then
             # closes the engine stream, which aborts the engine request.

@@ -25,12 +25,11 @@ import asyncio
 import random
 from typing import Any
 
+from serve_app.deployments import IMAGE_POOL, LLM
 from serve_app.errors import EngineOverloadedError
 from serve_app.routing import replica_set
 from serve_app.routing.replica_set import Placement, ReplicaSets
 
-ENGINE = "PixtralServer"
-POOL = "ImagePool"
 RETRY_AFTER_JITTER = 0.2  # +-20%
 
 
@@ -63,10 +62,10 @@ class ReplicaStatus:
 
     def engine_replicas(self) -> frozenset[str] | None:
         """Routable engine replicas; None until the router has reported."""
-        return self._sets.replicas(self._app_name, ENGINE)
+        return self._sets.replicas(self._app_name, LLM)
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
-        for name in (ENGINE, POOL):
+        for name in (LLM, IMAGE_POOL):
             replicas = self._sets.replicas(self._app_name, name)
             if replicas is None:
                 return 503, {"status": "not_ready", "reason": f"no replica list for {name} from Serve yet"}
@@ -80,7 +79,7 @@ class ReplicaStatus:
     def retry_after_s(self) -> float:
         """Seconds until an engine is likely back: the last outage's length (or the expected
         start) less the time this one has lasted, at least 1 s, jittered."""
-        elapsed, last = self._sets.outage(self._app_name, ENGINE)
+        elapsed, last = self._sets.outage(self._app_name, LLM)
         expected = last if last is not None else self._expected_start_s
         remaining = max(1.0, expected - elapsed)
         return round(remaining * self._rng.uniform(1 - RETRY_AFTER_JITTER, 1 + RETRY_AFTER_JITTER), 1)
@@ -101,7 +100,7 @@ class ReplicaStatus:
         first = asyncio.ensure_future(stream.__anext__())
         try:
             while not first.done():
-                gone = asyncio.ensure_future(self._sets.wait_until_empty(self._app_name, ENGINE))
+                gone = asyncio.ensure_future(self._sets.wait_until_empty(self._app_name, LLM))
                 try:
                     await asyncio.wait((first, gone), return_when=asyncio.FIRST_COMPLETED)
                 finally:

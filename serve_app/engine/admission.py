@@ -75,11 +75,6 @@ class WorkLedger:
             + self._decode_tokens / self._config.decode_tokens_per_s
         )
 
-    def cost_s(self, prompt_tokens: int, max_tokens: int) -> float:
-        """Estimated seconds of engine work of one request that has not started."""
-        decode = min(max_tokens, self._config.output_tokens_estimate)
-        return prompt_tokens / self._config.prefill_tokens_per_s + decode / self._config.decode_tokens_per_s
-
     def admit(self, prompt_tokens: int, max_tokens: int, choices: int = 1) -> Ticket:
         """A ticket for the request, or ``ServerOverloadedError`` while the engine holds too much.
 

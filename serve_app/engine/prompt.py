@@ -10,7 +10,6 @@ placed them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +37,7 @@ from serve_app.compat.mistral_common import image_to_num_tokens
 from serve_app.errors import InvalidRequestError, TooManyImagesError
 from serve_app.images.grid import ImageGrid
 from serve_app.images.prepared import PreparedImage
+from serve_app.engine.protocol import ChatPrompt
 from serve_app.engine.tools import TOOL_CALLS_MARKER, ToolCallIds
 
 PACKAGED_PREFIX = "mistral_common:"
@@ -131,16 +131,6 @@ class _TaggedPixels(np.ndarray):
     pil_image: Image.Image | None = None
 
 
-@dataclass(frozen=True)
-class ChatPrompt:
-    """Token ids with the image token runs in place, and the images in prompt order."""
-
-    token_ids: list[int]
-    images: list[Image.Image]
-    image_ids: list[str]
-    tool_call_ids: ToolCallIds | None = None  # the client's tool-call ids as the prompt carries them
-
-
 class PixtralPromptBuilder:
     """Builds ``ChatPrompt`` objects with mistral_common's ``encode_chat_completion``."""
 
@@ -158,13 +148,6 @@ class PixtralPromptBuilder:
         # An image's token run: [IMG] and [IMG_BREAK] tokens, closed by [IMG_END].
         self.image_tokens = (special.img, special.img_break, special.img_end)
         self.image_end = special.img_end
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tokenizer.instruct_tokenizer.tokenizer.n_words
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(list(token_ids))
 
     def build(
         self,

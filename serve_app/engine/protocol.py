@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
 
-from serve_app.engine.prompt import ChatPrompt
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from serve_app.engine.tools import ToolCallIds
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """Token ids with the image token runs in place, and the images in prompt order
+    (``serve_app.engine.prompt.PixtralPromptBuilder`` builds them)."""
+
+    token_ids: list[int]
+    images: list[Image.Image]
+    image_ids: list[str]
+    tool_call_ids: ToolCallIds | None = None  # the client's tool-call ids as the prompt carries them
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """The OpenAI sampling fields we accept, already validated by the API models."""
+    """The OpenAI sampling fields we accept, already validated by the API models
+    (``serve_app.api.models.ChatCompletionRequest.settings``)."""
 
-    max_tokens: int
+    max_tokens: int | None = None  # None: the client gave none; the LLM replica sets it before the engine sees it
     temperature: float = 1.0
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)

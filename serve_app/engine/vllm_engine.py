@@ -28,8 +28,7 @@ from typing import Any, AsyncIterator, Callable
 
 from serve_app.compat import vllm as vllm_compat
 from serve_app.config import EngineConfig
-from serve_app.engine.prompt import ChatPrompt
-from serve_app.engine.protocol import GenerationChunk, SamplingSettings
+from serve_app.engine.protocol import ChatPrompt, GenerationChunk, SamplingSettings
 from serve_app.errors import (
     EngineError,
     EngineOverloadedError,

@@ -38,6 +38,7 @@ def app_server():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}", state
     server.shutdown()
+    server.server_close()
 
 
 def test_one_line_once_a_chat_is_answered(app_server, monkeypatch):

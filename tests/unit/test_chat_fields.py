@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 
 import jsonschema
 import pytest
@@ -15,10 +16,11 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from pydantic import ValidationError
 
 from serve_app.api.errors import as_service_error
-from serve_app.api.models import ChatCompletionRequest, Choices, chunk_deltas
+from serve_app.api.models import ChatCompletionRequest, ForcedToolCall
+from serve_app.api.responses import Choices, chunk_deltas
 from serve_app.config import ChatFieldsConfig
 from serve_app.engine.prompt import PixtralPromptBuilder, resolve_tokenizer_file
-from serve_app.engine.protocol import GenerationChunk
+from serve_app.engine.protocol import GenerationChunk, SamplingSettings
 from serve_app.engine.stream import coalesce
 from serve_app.engine.tools import MISTRAL_ID, ToolCallIds, ToolCallText, forced_call_schema, with_tool_calls
 from serve_app.errors import InvalidRequestError
@@ -42,7 +44,10 @@ def param_of_error(**fields) -> str | None:
     """The ``param`` of the 400 a request gets (validation or the server's caps)."""
     try:
         chat = ChatCompletionRequest.model_validate(request(**fields))
-        chat.check_limits(ChatFieldsConfig(max_n=4, max_top_logprobs=5, max_schema_bytes=2048, max_schema_depth=8))
+        chat.check_limits(
+            ChatFieldsConfig(max_n=4, max_top_logprobs=5, max_schema_bytes=2048, max_schema_depth=8),
+            max_tokens_limit=4096,
+        )
     except ValidationError as exc:
         error = as_service_error(exc)
     except InvalidRequestError as exc:
@@ -64,6 +69,8 @@ def nested_schema(depth: int) -> dict:
     "fields, param",
     [
         ({"n": 5}, "n"),
+        ({"max_tokens": 4097}, "max_tokens"),
+        ({"max_completion_tokens": 4097, "max_tokens": 8}, "max_completion_tokens"),
         ({"logprobs": True, "top_logprobs": 6}, "top_logprobs"),
         ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs
         ({"presence_penalty": 2.5}, "presence_penalty"),
@@ -125,16 +132,36 @@ def test_supported_fields_are_accepted(fields):
 def test_structured_output_per_tool_choice():
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     as_schema = request(response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}})
-    assert ChatCompletionRequest.model_validate(as_schema).structured_output() == {"json": schema}
+    sampling = ChatCompletionRequest.model_validate(as_schema).settings().sampling
+    assert (sampling.json_schema, sampling.json_object) == (schema, False)
+    as_object = ChatCompletionRequest.model_validate(request(response_format={"type": "json_object"})).settings()
+    assert (as_object.sampling.json_schema, as_object.sampling.json_object) == (None, True)
     chat = ChatCompletionRequest.model_validate(request(tools=[WEATHER]))
-    assert chat.tool_choice_mode() == "auto" and chat.structured_output() is None
-    assert chat.plain_tools()[0]["name"] == "get_weather"
+    auto = chat.settings()
+    assert chat.tool_choice_mode() == "auto" and auto.forced_call is None and auto.sampling.json_schema is None
+    assert auto.tools[0]["name"] == "get_weather"
     named = ChatCompletionRequest.model_validate(
         request(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                parallel_tool_calls=False)
+                parallel_tool_calls=False, response_format={"type": "json_object"})
+    ).settings()
+    assert named.forced_call == ForcedToolCall(named="get_weather", parallel=False)
+    assert named.tools == auto.tools and not named.sampling.json_object  # the call's grammar, not response_format
+    assert ChatCompletionRequest.model_validate(request(tools=[WEATHER], tool_choice="none")).settings().tools == []
+
+
+def test_request_settings_carry_the_sampling_fields_across_a_pickle():
+    chat = ChatCompletionRequest.model_validate(request(
+        max_completion_tokens=7, max_tokens=9, temperature=0.5, top_p=0.9, stop="x", seed=3, n=2, logprobs=True,
+        presence_penalty=0.1, frequency_penalty=0.2, repetition_penalty=1.1, top_k=5, min_p=0.05, ignore_eos=True,
+    ))
+    settings = pickle.loads(pickle.dumps(chat.settings()))  # how it crosses the DeploymentHandle
+    assert settings == chat.settings()
+    assert settings.sampling == SamplingSettings(
+        max_tokens=7, temperature=0.5, top_p=0.9, stop=["x"], seed=3, n=2, logprobs=0, presence_penalty=0.1,
+        frequency_penalty=0.2, repetition_penalty=1.1, top_k=5, min_p=0.05, ignore_eos=True,
     )
-    assert named.structured_output() == {"tools": named.plain_tools(), "named": "get_weather", "parallel": False}
-    assert ChatCompletionRequest.model_validate(request(tools=[WEATHER], tool_choice="none")).plain_tools() == []
+    plain = ChatCompletionRequest.model_validate(request()).settings()
+    assert plain.sampling == SamplingSettings() and plain.tools == [] and plain.forced_call is None
 
 
 def test_client_ids_map_to_mistral_ids_and_back():

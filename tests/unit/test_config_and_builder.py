@@ -24,7 +24,7 @@ def app_args(name: str) -> dict:
 @pytest.mark.parametrize("name", CONFIG_FILES)
 def test_shipped_configs_validate_with_serve_and_ours(name):
     document = yaml.safe_load((REPO / name).read_text())
-    schema = ServeDeploySchema.parse_obj(document)
+    schema = ServeDeploySchema.model_validate(document)
     assert schema.applications[0].import_path == "serve_app.app:build_app"
     AppConfig.model_validate(app_args(name))
 
@@ -242,6 +242,21 @@ def test_pow2_routing_keeps_our_router_which_reports_replicas():
     args["llm"]["routing"] = {"policy": "pow2"}
     router = llm_options(AppConfig.model_validate(args))["request_router_config"]
     assert router["request_router_class"] is CacheAffinityRouter
+
+
+def test_the_routing_policy_gives_the_key_its_router_expects():
+    from serve_app.routing import affinity_key
+    from serve_app.routing.policy import RoutingPolicy
+
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url"}]}]
+    args = app_args("config.yaml")
+    affinity = RoutingPolicy.of(AppConfig.model_validate(args).llm)
+    assert affinity.key(messages, ["img-1"]) == affinity_key(messages, ["img-1"], prefix_chars=2048) != ""
+    assert affinity.key(messages, ["img-1"]) != affinity.key(messages, ["img-2"])
+    args["llm"]["routing"] = {"policy": "pow2", "prefix_chars": 10}
+    pow2 = RoutingPolicy.of(AppConfig.model_validate(args).llm)
+    assert pow2.key(messages, ["img-1"]) == ""  # load alone
+    assert pow2.router_config("PixtralServer")["request_router_kwargs"]["busy_at"] == pow2.busy_at == 64
 
 
 def test_llm_autoscaling_scales_on_pending_work_unless_turned_off():

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from serve_app.deployments.replica_status import ENGINE, POOL, ReplicaStatus
+from serve_app.deployments import IMAGE_POOL as POOL, LLM as ENGINE
+from serve_app.deployments.replica_status import ReplicaStatus
 from serve_app.errors import EngineOverloadedError
 from serve_app.routing.replica_set import ReplicaSets
 

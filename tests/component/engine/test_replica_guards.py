@@ -12,12 +12,17 @@ import asyncio
 
 import pytest
 
+from serve_app.api.models import RequestSettings
 from serve_app.config import AppConfig
-from serve_app.engine.protocol import GenerationChunk
+from serve_app.engine.protocol import GenerationChunk, SamplingSettings
 from serve_app.errors import EngineOverloadedError, ServerOverloadedError
 
 PACKAGED_TOKENIZER = "mistral_common:tekken_240911.json"
 MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def limit(max_tokens: int) -> RequestSettings:
+    return RequestSettings(SamplingSettings(max_tokens=max_tokens))
 
 
 class SteppedEngine:
@@ -88,18 +93,18 @@ async def replica(cfg: AppConfig):
 def test_admission_refuses_past_the_limit_and_a_closed_stream_frees_its_work():
     async def scenario():
         server, engine = await replica(config(max_pending_s=5))
-        long = server.generate(MESSAGES, [], {"max_tokens": 100}, "a")  # 100 tokens at 10/s: 10 s held
+        long = server.generate(MESSAGES, [], limit(100), "a")  # 100 tokens at 10/s: 10 s held
         engine.steps.put_nowait(None)
         await long.__anext__()
         assert (await server.load())["pending_s"] == pytest.approx(9.9)
         with pytest.raises(ServerOverloadedError) as refused:
-            await server.generate(MESSAGES, [], {"max_tokens": 1}, "b").__anext__()
+            await server.generate(MESSAGES, [], limit(1), "b").__anext__()
         assert 0.75 * 4.9 <= refused.value.retry_after_s <= 1.25 * 4.9 + 1  # the 4.9 s excess, jittered
         await long.aclose()  # the client went away
         load = await server.load()
         assert load == {"admitted_requests": 0, "pending_s": 0, "engine_requests": 0}
         engine.steps.put_nowait(None)
-        assert (await server.generate(MESSAGES, [], {"max_tokens": 1}, "c").__anext__()).finish_reason == "length"
+        assert (await server.generate(MESSAGES, [], limit(1), "c").__anext__()).finish_reason == "length"
         server._watchdog.cancel()
 
     asyncio.run(scenario())
@@ -122,7 +127,7 @@ def test_a_dead_engine_fails_health_for_good_refuses_with_503_and_ends_the_repli
         with pytest.raises(EngineOverloadedError, match="dead"):
             await server.check_health()
         with pytest.raises(EngineOverloadedError) as refused:
-            await server.generate(MESSAGES, [], {"max_tokens": 1}, "d").__anext__()
+            await server.generate(MESSAGES, [], limit(1), "d").__anext__()
         assert refused.value.status_code == 503 and refused.value.headers()["Retry-After"] == "5"
 
     asyncio.run(scenario())
@@ -143,7 +148,7 @@ def test_a_stalled_engine_ends_its_requests_with_503_frees_the_ledger_and_ends_t
 
     async def scenario():
         server, engine = await replica(stalling_config(0.5))
-        stream = server.generate(MESSAGES, [], {"max_tokens": 100}, "a")
+        stream = server.generate(MESSAGES, [], limit(100), "a")
         engine.steps.put_nowait(None)
         await stream.__anext__()
         assert (await server.load())["admitted_requests"] == 1
@@ -158,7 +163,7 @@ def test_a_stalled_engine_ends_its_requests_with_503_frees_the_ledger_and_ends_t
         with pytest.raises(EngineOverloadedError, match="stalled"):
             await server.check_health()
         with pytest.raises(EngineOverloadedError):
-            await server.generate(MESSAGES, [], {"max_tokens": 1}, "b").__anext__()
+            await server.generate(MESSAGES, [], limit(1), "b").__anext__()
         await asyncio.sleep(0.2)  # one watchdog period after the stall
         assert ended == [("me", True)]
 
@@ -173,7 +178,7 @@ def test_a_slow_engine_that_keeps_stepping_and_an_idle_one_are_not_stalled(monke
     async def scenario():
         server, engine = await replica(stalling_config(0.5))
         await asyncio.sleep(1.0)  # idle for twice engine_stall_s
-        stream = server.generate(MESSAGES, [], {"max_tokens": 6}, "a")
+        stream = server.generate(MESSAGES, [], limit(6), "a")
         received = []
         for _ in range(6):  # a token every 0.3 s: slow, but progress
             engine.steps.put_nowait(None)
