@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from chat_payloads import data_url, jpeg_bytes, user_message
-from serve_support import cpu_app_args, deploy_args, free_port
+from serve_support import _merge, cpu_app_args, deploy_args, free_port
 
 from serve_app.api.models import ChatCompletionRequest
 from serve_app.config import LLMRoutingConfig
@@ -62,7 +62,7 @@ def fleet_args(**llm_overrides) -> dict:
         },
         "graceful_shutdown_timeout_s": 120,
     }
-    _merge_into(llm, llm_overrides)
+    _merge(llm, llm_overrides)
     return cpu_app_args(
         llm=llm,
         ingress={
@@ -74,14 +74,6 @@ def fleet_args(**llm_overrides) -> dict:
         },
         image_pool={"num_cpus": 0.1},
     )
-
-
-def _merge_into(target: dict, updates: dict) -> None:
-    for key, value in updates.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge_into(target[key], value)
-        else:
-            target[key] = value
 
 
 @pytest.fixture(scope="module")
