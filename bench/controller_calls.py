@@ -62,7 +62,8 @@ def main() -> None:
     app_args = document["applications"][0]["args"]
     app_args["engine"]["model"] = str(REPO / app_args["engine"]["model"])
     set_dotted(app_args, "ingress.num_cpus", 0.1)
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True,  # the state API needs it
+             _node_ip_address="127.0.0.1",
              log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8125})
     report: dict = {"machine": machine(), "command": " ".join(sys.argv), "window_s": args.window_s, "runs": []}
