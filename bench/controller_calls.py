@@ -28,7 +28,7 @@ STATUS_CALL = "ServeController.get_serve_instance_details"  # what serve.status(
 def controller_calls() -> collections.Counter:
     from ray.util.state import list_tasks
 
-    tasks = list_tasks(filters=[("type", "=", "ACTOR_TASK")], limit=1_000_000, raise_on_missing_output=False)
+    tasks = list_tasks(filters=[("type", "=", "ACTOR_TASK")], limit=10_000, raise_on_missing_output=False)
     return collections.Counter(task.name for task in tasks if task.name.startswith("ServeController."))
 
 
