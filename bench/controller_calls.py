@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
 import time
@@ -47,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO / "bench"))
-    from run import machine, set_dotted, shipped_ray_env  # noqa: E402
+    from run import machine, record_run, set_dotted, shipped_ray_env  # noqa: E402
 
     os.environ.update(shipped_ray_env())
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -84,9 +83,7 @@ def main() -> None:
                 "status_calls_per_s": round(calls.get(STATUS_CALL, 0) / args.window_s, 2),
                 "by_method": dict(sorted(calls.items(), key=lambda item: -item[1])),
             }
-            report["runs"].append(run)
-            print(json.dumps(run), flush=True)
-            Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+            record_run(report, run, args.out)
     finally:
         serve.shutdown()
         ray.shutdown()

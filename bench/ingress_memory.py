@@ -149,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO / "bench"))
-    from run import machine, set_dotted, shipped_ray_env  # noqa: E402
+    from run import machine, record_run, set_dotted, shipped_ray_env  # noqa: E402
 
     os.environ.update(shipped_ray_env())
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -196,9 +196,7 @@ def main() -> None:
             base = url.rsplit("/v1/", 1)[0]
             for index, spec in enumerate(args.images.split(",")):
                 run = image_burst(base, spec, args.clients, 1000 * (index + 1), app_args["served_model_name"])
-                report["runs"].append(run)
-                print(json.dumps(run), flush=True)
-                Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+                record_run(report, run, args.out)
             return
         for budget in args.budgets_mib.split(","):
             limit_bytes = OFF if budget == "off" else int(float(budget) * 2**20)
@@ -222,9 +220,7 @@ def main() -> None:
             sampler.join(timeout=5)
             run = {"budget_mib": budget, "idle_rss_mib": {k: round(v) for k, v in idle.items()},
                    "peak_rss_mib": {k: round(v) for k, v in peak.items()}, **result}
-            report["runs"].append(run)
-            print(json.dumps(run), flush=True)
-            Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+            record_run(report, run, args.out)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -60,6 +60,13 @@ def swap_model(app: dict, path: str, load_format: str, **limits: int | None) -> 
     app["engine"].pop("tokenizer", None)
 
 
+def record_run(report: dict, run: dict, out: str) -> None:
+    """One measured run: into the report, on stdout, and the report to ``out`` as it stands."""
+    report["runs"].append(run)
+    print(json.dumps(run), flush=True)
+    Path(out).write_text(json.dumps(report, indent=1) + "\n")
+
+
 def shipped_ray_env() -> dict[str, str]:
     """The Ray Serve environment our container image sets (k8s/image/Dockerfile ``ENV`` lines)."""
     env = {}
