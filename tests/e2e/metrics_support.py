@@ -40,17 +40,18 @@ def start_prometheus(binary: str, target: str, workdir: Path, port: int) -> subp
         "  - job_name: ray\n"
         f"    static_configs: [{{targets: ['{target}']}}]\n"
     )
-    log = (workdir / "prometheus.log").open("wb")
-    return subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    # The child keeps its own descriptor; ours closes when the block ends.
+    with (workdir / "prometheus.log").open("wb") as log:
+        return subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 class PromQL:
