@@ -324,3 +324,82 @@ def test_a_rollout_under_streaming_load_fails_nothing(two_replicas):
     assert not rollout.is_alive()
     assert outcomes and all(status == 200 and done for status, done in outcomes), outcomes
     assert running_llm_replicas() == 2
+
+
+def test_a_rollout_at_one_replica_finishes_assigned_streams_and_refuses_new_ones_honestly(two_replicas):
+    """``serve deploy`` of a changed config with ONE engine replica: the streams already handed
+    to a replica end complete; a request that arrives while no engine replica runs gets 503
+    ``engine_unavailable`` at once, with a Retry-After near an engine start, never a hang; then
+    the new replica answers."""
+    import httpx
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    url, model = two_replicas
+    expected_start_s = 40.0
+    streams: list[tuple[int, bool]] = []  # (status, complete) of the streams started before the rollout
+    probes: list[tuple[float, int, str | None, str, float]] = []  # (sent at, status, Retry-After, code, took)
+    lock = threading.Lock()
+
+    def stream(seed: int) -> None:
+        body = {
+            "model": model,
+            "messages": [user_message(data_url(jpeg_bytes(seed, (64, 48))))],
+            "max_tokens": 256,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        complete = False
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as response:
+            status = response.status_code
+            for line in response.iter_lines():
+                complete = complete or line == "data: [DONE]"
+        with lock:
+            streams.append((status, complete))
+
+    streamers = [threading.Thread(target=stream, args=(4000 + i,), daemon=True) for i in range(2)]
+    for thread in streamers:
+        thread.start()
+    time.sleep(3)  # handed to the replicas, decoding
+    changed = fleet_args(
+        admission={"max_pending_s": MAX_PENDING_S + 2},
+        autoscaling={"min_replicas": 1, "max_replicas": 1},
+        expected_start_s=expected_start_s,
+    )
+    started = time.monotonic()
+    rollout = threading.Thread(
+        target=serve.run, args=(build_app(changed),), kwargs={"name": "pixtral", "route_prefix": "/"}, daemon=True
+    )
+    rollout.start()
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    with httpx.Client(timeout=120) as http:
+        while rollout.is_alive() and time.monotonic() - started < 600:
+            sent = time.monotonic()
+            response = http.post(url + "/v1/chat/completions", json=body)
+            code = response.json().get("error", {}).get("code", "") if response.status_code != 200 else ""
+            probes.append(
+                (sent - started, response.status_code, response.headers.get("retry-after"), code,
+                 time.monotonic() - sent)
+            )
+            time.sleep(0.5)
+        rollout.join(timeout=60)
+        after = http.post(url + "/v1/chat/completions", json=body)
+    for thread in streamers:
+        thread.join(timeout=300)
+    took = time.monotonic() - started
+    refused = [p for p in probes if p[1] != 200]
+    print(
+        f"rollout to 1 LLM replica took {took:.0f} s; {len(probes)} probes: {len(refused)} refused, "
+        f"Retry-After {sorted({p[2] for p in refused})}, slowest answer {max(p[4] for p in probes):.1f} s"
+    )
+    assert not rollout.is_alive()
+    assert streams and all(status == 200 and complete for status, complete in streams), streams
+    assert after.status_code == 200, after.text
+    for sent_at, status, retry_after, code, answered_in in probes:
+        assert status in (200, 503), (sent_at, status, code)
+        if status == 503:
+            assert code == "engine_unavailable", (sent_at, code)
+            assert retry_after is not None and 1 <= float(retry_after) <= 1.25 * max(expected_start_s, took)
+            assert answered_in < 5, (sent_at, answered_in)  # refused at once, not held for the start
+    assert running_llm_replicas() == 1
