@@ -59,6 +59,15 @@ def test_the_llm_gets_the_pools_pixels_and_the_record_names_them(local_ray):
         np.testing.assert_array_equal(got, prepared(seed).pixels)
 
 
+def test_what_the_ingress_holds_for_an_image_is_a_record_not_its_pixels(local_ray):
+    """The pool's answer passes through the ingress: a few hundred bytes, whatever the image's
+    size (1.5 MiB of pixels here); the pixels stay in the pool's object store for the LLM."""
+    pool = Pool.remote()
+    record = ray.get(pool.prepare.remote(4))
+    assert isinstance(record.prepared, ray.ObjectRef)
+    assert len(ray.cloudpickle.dumps(record)) < 1024 < prepared(4).pixels.nbytes // 1000
+
+
 def test_pixels_whose_pool_replica_ended_are_a_503_the_client_may_retry(local_ray):
     pool, llm = Pool.remote(), Llm.remote()
     records = [ray.get(pool.prepare.remote(3))]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import urllib.request
@@ -377,51 +376,3 @@ def test_server_timing_names_each_stage_to_the_first_token(served, api_key, with
     if not with_image:
         assert stages["images"] < 0.001  # no pool call
 
-
-def _tcp_bytes_by_pid() -> dict[int, int]:
-    """Bytes each process has sent and received on its open TCP sockets, as the kernel counts
-    them (``ss``'s tcp_info): every hop between Serve's proxy, the ingress, the pool and the LLM
-    replicas is a TCP connection on 127.0.0.1."""
-    import re
-    import subprocess
-
-    out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, timeout=30, check=True).stdout
-    totals: dict[int, int] = {}
-    pids: list[int] = []
-    for line in out.splitlines():
-        if not line.startswith((" ", "\t")):
-            pids = [int(pid) for pid in re.findall(r"pid=(\d+)", line)]
-            continue
-        moved = sum(int(n) for n in re.findall(r"bytes_(?:sent|received):(\d+)", line))
-        for pid in pids:
-            totals[pid] = totals.get(pid, 0) + moved
-    return totals
-
-
-def test_pixels_go_from_the_pool_to_the_llm_without_passing_through_the_ingress(client):
-    """Two flat 1024x512 PNGs: a few KB of body, 3 MiB of decoded pixels. The ingress replica's
-    sockets carry the body, the pool's small records and the tokens; pixels passed on by the
-    ingress would add at least their 3 MiB (by value through Serve's transport, or fetched from
-    the object store and sent again)."""
-    import psutil
-    from PIL import Image
-
-    ingress = []
-    for proc in psutil.Process().children(recursive=True):  # this session's Ray only
-        try:
-            if proc.cmdline()[:1] and proc.cmdline()[0].startswith("ray::ServeReplica:pixtral:OpenAIIngress"):
-                ingress.append(proc.pid)
-        except psutil.Error:
-            continue
-    assert len(ingress) == 1, ingress
-    urls = []
-    for colour in ((250, 20, 20), (20, 20, 250)):
-        buffer = io.BytesIO()
-        Image.new("RGB", (1024, 512), colour).save(buffer, format="PNG")
-        urls.append(data_url(buffer.getvalue(), "image/png"))
-    pixel_bytes = 2 * 1024 * 512 * 3
-    before = _tcp_bytes_by_pid().get(ingress[0], 0)
-    response = complete(client, [user_message(*urls)], max_tokens=1)
-    moved = _tcp_bytes_by_pid().get(ingress[0], 0) - before
-    assert response.usage.prompt_tokens > 2 * 32 * 65  # both images reached the engine, whole
-    assert 0 < moved < pixel_bytes / 4, f"the ingress moved {moved} bytes for {pixel_bytes} bytes of pixels"
