@@ -399,6 +399,14 @@ class LLMDeploymentConfig(DeploymentConfig):
         "single engine step (a chunked prefill step, the image encoder of a full prompt) at full load; "
         "null turns it off.",
     )
+    pixels_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Deadline for an LLM replica to read a request's pixels from the image pool's "
+        "object store (they come by reference, not through the ingress); past it, or at once when the "
+        "pool replica that holds them has ended, the ingress prepares the images once more, then answers "
+        "503 images_lost + Retry-After.",
+    )
     engine_start_timeout_s: float = Field(
         1800.0,
         gt=0,

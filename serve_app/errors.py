@@ -28,7 +28,9 @@ decides an HTTP status.
     ├── ServiceUnavailableError            503 service_unavailable (no ingress replica runs:
     │                                          Serve's proxy answers for the app)
     └── EngineError                        500 (the engine failed this request)
-        └── EngineOverloadedError          503 (engine restarting, replica unavailable)
+        ├── EngineOverloadedError          503 (engine restarting, replica unavailable)
+        └── ImagesLostError                503 images_lost (the pool replica holding the request's
+                                               pixels ended; the ingress prepares them once more)
 
 429s and 503s carry ``retry_after_s``; the ingress sends it as ``Retry-After``.
 The classes pickle by their keyword arguments so that they survive a Ray
@@ -208,6 +210,16 @@ class EngineOverloadedError(EngineError):
     default_retry_after_s = 5.0
 
 
+class ImagesLostError(EngineError):
+    """The pixels an image pool replica prepared for this request are gone with that replica
+    (scale-down, crash) before the LLM replica read them; sending the request again prepares them
+    anew."""
+
+    status_code = 503
+    default_code = "images_lost"
+    default_retry_after_s = 1.0
+
+
 __all__ = [
     "AdmissionRefusedError",
     "AuthenticationError",
@@ -222,6 +234,7 @@ __all__ = [
     "ImageNotFoundError",
     "ImageSourceUnavailableError",
     "ImageTooLargeError",
+    "ImagesLostError",
     "InvalidRequestError",
     "PixtralServeError",
     "ServerOverloadedError",

@@ -16,6 +16,7 @@ __all__, __getattr__ = _lazy_exports(
             "REPLICA_GONE",
             "BackPressureError",
             "back_off_between_rounds",
+            "by_reference",
             "end_this_replica",
             "probe_queue_lens",
             "serve_http_host",

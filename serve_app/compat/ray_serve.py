@@ -5,6 +5,7 @@
 | ``serve_http_host`` | ``ray.serve.context._get_global_client().http_config.host`` | ingress: refuse key-less serving off loopback |
 | ``probe_queue_lens`` | ``RequestRouter._probe_queue_lens(replicas, backoff_index)`` | routing: ask idle replicas their queue |
 | ``back_off_between_rounds`` | ``PendingRequest.routing_context.should_backoff`` (``RequestRoutingContext`` is in ``ray.serve._private``) | routing |
+| ``by_reference`` | ``DeploymentHandle.options(_by_reference=True)`` (Serve's own option, underscored) | ingress: the pool's records and the LLM calls that carry them go on Ray's task path, where a reference nested in a value is counted, not through the gRPC transport of throughput mode |
 | ``end_this_replica`` | ``ray.kill`` of the replica's own actor (public call, but Serve does not offer ending a replica) | LLM replica whose engine died |
 
 Ray's and Serve's error classes for a refused or vanished replica are public
@@ -29,6 +30,7 @@ __all__ = [
     "REPLICA_GONE",
     "BackPressureError",
     "back_off_between_rounds",
+    "by_reference",
     "end_this_replica",
     "probe_queue_lens",
     "serve_http_host",
@@ -50,6 +52,14 @@ async def probe_queue_lens(router: Any, replicas: list[Any]) -> list[tuple[Any, 
 def back_off_between_rounds(pending_request: Any) -> None:
     """Tell Serve's routing loop to back off before the next round instead of spinning."""
     pending_request.routing_context.should_backoff = True
+
+
+def by_reference(handle: Any) -> Any:
+    """``handle`` with its calls sent as Ray actor tasks even in Serve's throughput mode (gRPC by
+    value): there an ``ObjectRef`` inside an argument or a result is pickled out of band and Ray
+    pins its object for the life of the process, a leak per image; on the task path it is
+    borrowed and freed when the last holder lets go."""
+    return handle.options(_by_reference=True)
 
 
 def end_this_replica() -> None:

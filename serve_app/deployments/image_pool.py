@@ -1,20 +1,65 @@
-"""ImagePool: the autoscaled CPU deployment that turns image URLs into pixels."""
+"""ImagePool: the autoscaled CPU deployment that turns image URLs into pixels.
+
+Its pixels go to the LLM replica by reference (``PooledImage``): the ingress gets the facts it
+routes on and a reference, never the arrays.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import dataclass
 
 import cv2
 
+import ray
 from ray import serve
+from ray.exceptions import ObjectLostError
 from ray.serve.metrics import Counter, Histogram
 
 from serve_app.config import ImagePoolConfig
 from serve_app.deployments import IMAGE_POOL
-from serve_app.errors import ImageError
+from serve_app.errors import ImageError, ImagesLostError
 from serve_app.images import ImageGrid, ImageLoader, PreparedImage, sources_at_start
 
 _SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+
+
+@dataclass(frozen=True)
+class PooledImage:
+    """What ``ImagePool.prepare`` returns: what the ingress needs (the content id it routes on,
+    the size) and the ``PreparedImage`` by reference.
+
+    ``ray.put`` in the pool replica, which owns the object: its bytes stay in the object store
+    of the pool's node until the LLM replica resolves them (``resolve_pooled``), and are freed
+    once the request's last holder lets go of the record. A reference nested in a value is
+    counted only on Ray's own task path, so the record travels through by-reference handles
+    (``serve_app.compat.ray_serve.by_reference``), never through Serve's gRPC transport.
+    """
+
+    content_id: str
+    width: int
+    height: int
+    prepared: ray.ObjectRef
+
+    @classmethod
+    def put(cls, image: PreparedImage) -> PooledImage:
+        return cls(image.content_id, image.width, image.height, ray.put(image))
+
+
+async def resolve_pooled(images: list[PooledImage], timeout_s: float) -> list[PreparedImage]:
+    """The prepared images behind the records; ``ImagesLostError`` (503, retried once by the
+    ingress) when their owner is gone (the pool replica ended: scale-down, crash) or they do not
+    arrive within ``timeout_s``."""
+    if not images:
+        return []
+    try:
+        return list(await asyncio.wait_for(asyncio.gather(*(image.prepared for image in images)), timeout_s))
+    except (ObjectLostError, asyncio.TimeoutError) as exc:
+        raise ImagesLostError(
+            f"the image pool replica that prepared this request's images is gone ({type(exc).__name__}); "
+            "retry the request"
+        ) from None
 
 
 @serve.deployment(name=IMAGE_POOL)
@@ -35,7 +80,7 @@ class ImagePool:
             "pixtral_images", description="Images handled, by outcome.", tag_keys=("outcome",)
         )
 
-    async def prepare(self, url: str, request_id: str | None = None) -> PreparedImage:
+    async def prepare(self, url: str, request_id: str | None = None) -> PooledImage:
         started = time.perf_counter()
         try:
             image = await self._loader.load(url, request_id)
@@ -49,7 +94,7 @@ class ImagePool:
             self._bytes.inc(image.source_bytes)
             self._fetch_s.observe(image.timings.get("fetch_s", 0.0))
             self._decode_s.observe(image.timings.get("decode_s", time.perf_counter() - started))
-        return image
+        return PooledImage.put(image)
 
     async def __del__(self) -> None:
         await self._loader.aclose()

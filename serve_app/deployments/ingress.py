@@ -21,7 +21,7 @@ from serve_app.api.errors import error_response, unwrap, unwrap_cause
 from serve_app.api.models import ChatCompletionRequest, RequestSettings, parse_chat_request_off_loop
 from serve_app.api.responses import completion, sse_events
 from serve_app.api.server_timing import StageClock, format_server_timing
-from serve_app.compat.ray_serve import REPLICA_GONE, serve_http_host
+from serve_app.compat.ray_serve import REPLICA_GONE, by_reference, serve_http_host
 from serve_app.config import AppConfig, IngressConfig, is_loopback_host
 from serve_app.deployments import INGRESS
 from serve_app.deployments.replica_status import ReplicaStatus
@@ -29,6 +29,7 @@ from serve_app.errors import (
     AdmissionRefusedError,
     AuthenticationError,
     ImageError,
+    ImagesLostError,
     InvalidRequestError,
     PixtralServeError,
     TooManyImagesError,
@@ -101,8 +102,11 @@ class OpenAIIngress:
         self._config = config
         # options() starts each handle's router now (not at the first request), so the
         # routers learn the routable replicas, which /ready and the door answer from, at once.
-        self._pool = image_pool.options()
+        self._pool = by_reference(image_pool.options())
         self._llm_stream = llm.options(stream=True)  # one handle, not one per request
+        # The pool's pixels go to the LLM by reference (PooledImage): calls with images take the
+        # task path, where the reference is counted; text-only calls keep Serve's transport.
+        self._llm_stream_images = by_reference(self._llm_stream)
         self._routing = RoutingPolicy.of(config.llm)
         self._api_keys = config.ingress.resolved_api_keys()
         listener = await asyncio.to_thread(serve_http_host)
@@ -183,6 +187,14 @@ class OpenAIIngress:
         clock.mark("parse")
         images = await self._prepare_images(chat, request_id)
         clock.mark("images")
+        try:
+            return await self._answer(request_id, chat, images, clock)
+        except ImagesLostError:
+            # The pool replica holding the pixels ended before the LLM read them: once more.
+            images = await self._prepare_images(chat, request_id)
+            return await self._answer(request_id, chat, images, clock)
+
+    async def _answer(self, request_id: str, chat: ChatCompletionRequest, images: list[Any], clock: StageClock):
         messages = chat.plain_messages()
         key = self._routing.key(messages, [image.content_id for image in images])
         stream, first = await self._first_chunk(request_id, key, messages, images, chat.settings(), clock)
@@ -226,7 +238,8 @@ class OpenAIIngress:
         try:
             while True:
                 tag = RoutingTag(request_id=request_id, key=key, avoid=frozenset(placement.replicas))
-                stream = self._llm_stream.options(session_id=tag.encode()).generate.remote(
+                handle = self._llm_stream_images if images else self._llm_stream
+                stream = handle.options(session_id=tag.encode()).generate.remote(
                     messages, images, settings, request_id
                 )
                 clock.mark("route")  # a refused attempt (admission) counts as route too

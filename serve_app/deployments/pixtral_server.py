@@ -16,6 +16,7 @@ from serve_app.api.server_timing import StageClock
 from serve_app.compat.ray_serve import end_this_replica
 from serve_app.config import AppConfig
 from serve_app.deployments import LLM
+from serve_app.deployments.image_pool import PooledImage, resolve_pooled
 from serve_app.engine.admission import PrefixCacheEstimate, WorkLedger
 from serve_app.engine.prompt import PixtralPromptBuilder
 from serve_app.engine.protocol import Engine, GenerationChunk
@@ -83,13 +84,14 @@ class PixtralServer:
     async def generate(
         self,
         messages: list[dict[str, Any]],
-        images: list[PreparedImage],
+        pooled: list[PooledImage],
         request: RequestSettings,
         request_id: str,
     ) -> AsyncIterator[GenerationChunk]:
         clock = StageClock()
         if self._engine_dead is not None:  # before any work on the prompt
             raise EngineOverloadedError("the engine is restarting; retry the request")
+        images = await resolve_pooled(pooled, self._config.llm.pixels_timeout_s)
         if self._system_prompt is not None:
             messages = self._system_prompt.apply(messages)
         tools, forced = request.tools, request.forced_call

@@ -375,3 +375,4 @@ def test_server_timing_names_each_stage_to_the_first_token(served, api_key, with
     assert stages["engine"] > 0
     if not with_image:
         assert stages["images"] < 0.001  # no pool call
+

@@ -84,6 +84,24 @@ def test_end_this_replica_kills_without_restart():
     )
 
 
+def test_by_reference_is_a_handle_option_that_reaches_the_request_metadata():
+    from ray.serve.handle import DeploymentHandle
+
+    assert "_by_reference" in inspect.signature(DeploymentHandle.options).parameters, moved(
+        "DeploymentHandle.options(_by_reference=)"
+    )
+    from ray.serve._private.handle_options import DynamicHandleOptions
+
+    options = DynamicHandleOptions().copy_and_update(_by_reference=True)
+    assert options._by_reference is True, moved("DynamicHandleOptions._by_reference")
+
+    class FakeHandle:
+        def options(self, **kwargs):
+            return kwargs
+
+    assert serve_compat.by_reference(FakeHandle()) == {"_by_reference": True}
+
+
 def test_replica_gone_and_back_pressure_are_classes_ray_raises():
     for cls in (*serve_compat.REPLICA_GONE, serve_compat.BackPressureError):
         assert inspect.isclass(cls) and issubclass(cls, BaseException), cls

@@ -26,7 +26,7 @@ PUBLIC = {
         "unwrap", "unwrap_cause",
     ],
     "serve_app.compat": [
-        "BackPressureError", "REPLICA_GONE", "back_off_between_rounds", "end_this_replica", "image_to_num_tokens",
+        "BackPressureError", "REPLICA_GONE", "back_off_between_rounds", "by_reference", "end_this_replica", "image_to_num_tokens",
         "probe_queue_lens", "serve_http_host",
     ],
     "serve_app.deployments": [
