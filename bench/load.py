@@ -16,7 +16,7 @@ import random
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -34,7 +34,6 @@ def percentile(xs, p: float) -> float | None:
     return round(xs[min(len(xs) - 1, int(p / 100 * len(xs)))], 3) if xs else None
 
 
-# ---------------------------------------------------------------- images
 
 def make_image(spec: str, seed: int, fmt: str = "JPEG") -> bytes:
     """``WxH``: random background and 40 rectangles (as the wheel kit's baseline load generator
@@ -100,7 +99,6 @@ class ImageStore:
         return "data:image/jpeg;base64," + base64.b64encode(self.path(spec, seed).read_bytes()).decode()
 
 
-# ---------------------------------------------------------------- workloads -> requests
 
 @dataclass
 class Conversation:
@@ -109,7 +107,6 @@ class Conversation:
 
     images: list[tuple[str, int]]
     turns: int = 1
-    texts: list[str] = field(default_factory=list)
 
 
 def conversations(workload: dict, seed_base: int, rng_seed: int = 7) -> list[Conversation]:
@@ -146,7 +143,6 @@ def chat_body(model: str, urls: list[str], max_tokens: int, stream: bool = True,
     return body
 
 
-# ---------------------------------------------------------------- the client
 
 def server_timing(header: str | None) -> dict[str, float]:
     """``Server-Timing: parse;dur=1.2, ...`` (ours: serve_app/api/server_timing.py) as {stage: ms}."""
@@ -215,7 +211,7 @@ def client_session(timeout_s: float | None = None) -> aiohttp.ClientSession:
 
 
 
-async def send_at_once(url: str, bodies: list[dict], api_key: str, timeout_s: float,
+async def send_at_once(url: str, bodies: list[dict | bytes], api_key: str, timeout_s: float,
                        concurrency: int | None = None) -> tuple[list[dict], float, float]:
     """Every body sent at once (or ``concurrency`` at a time): (results, wall s, this process's CPU s)."""
     sem = asyncio.Semaphore(concurrency or len(bodies) or 1)

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -89,17 +88,18 @@ class ProcessWatch:
 
 
 class GpuSampler:
-    """``nvidia-smi -lms 500`` in the background: busy % and memory per GPU, and the mean busy %."""
+    """``nvidia-smi -lms N`` in the background: busy % and memory per GPU, and the mean busy % (None without GPUs)."""
 
     def __init__(self, interval_ms: int = 500):
-        self.interval_ms, self._proc = interval_ms, None
+        self.interval_ms, self._proc, self.samples = interval_ms, None, []
 
     def start(self) -> "GpuSampler":
-        self._file = tempfile.TemporaryFile(mode="w+")
         try:
-            self._proc = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                 "-lms", str(self.interval_ms)], stdout=self._file, stderr=subprocess.DEVNULL)
+            self._proc = subprocess.Popen(["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used",
+                                           "--format=csv,noheader,nounits", "-lms", str(self.interval_ms)],
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            threading.Thread(target=lambda: self.samples.extend(line.split(",") for line in self._proc.stdout),
+                             daemon=True).start()
         except OSError:  # no GPU: a CPU dry run
             self._proc = None
         return self
@@ -108,26 +108,15 @@ class GpuSampler:
         if self._proc is None:
             return None
         self._proc.terminate()
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-        self._file.seek(0)
+        self._proc.wait(timeout=10)
         per_gpu: dict[str, list[tuple[float, float]]] = {}
-        for line in self._file.read().splitlines():
-            try:
-                index, util, mem = (part.strip() for part in line.split(","))
-                per_gpu.setdefault(index, []).append((float(util), float(mem)))
-            except ValueError:
-                pass
-        self._file.close()
+        for index, util, mem in (s for s in self.samples if len(s) == 3):
+            per_gpu.setdefault(index.strip(), []).append((float(util), float(mem)))
         busy = [u for samples in per_gpu.values() for u, _ in samples]
-        if not busy:
-            return None
         return {"gpu_busy_mean_pct": round(sum(busy) / len(busy), 1), "samples": len(busy), "per_gpu": {
-            index: {"util_mean_pct": round(sum(u for u, _ in s) / len(s), 1), "busy_fraction":
-                    round(sum(u > 0 for u, _ in s) / len(s), 3), "memory_used_mib_max": max(m for _, m in s)}
-            for index, s in per_gpu.items()}}
+            index: {"util_mean_pct": round(sum(u for u, _ in s) / len(s), 1),
+                    "busy_fraction": round(sum(u > 0 for u, _ in s) / len(s), 3),
+                    "memory_used_mib_max": max(m for _, m in s)} for index, s in per_gpu.items()}} if busy else None
 
 
 class ServeStatusPoller(threading.Thread):

@@ -95,7 +95,8 @@ class System:
 
     def __init__(self, name: str, system: dict, model: dict | None, work: Path):
         self.name, self.system, self.model, self.work = name, system, model or {}, work
-        self.procs: list[subprocess.Popen] = []
+        self.app_root = Path(system.get("app_root", REPO)).resolve()  # whose serve_app runs (ours)
+        self.proc: subprocess.Popen | None = None
         self.log = work / f"{name}.log"
 
     @property
@@ -104,7 +105,7 @@ class System:
 
     @property
     def sessions(self) -> set[int]:
-        return {p.pid for p in self.procs}
+        return {self.proc.pid} if self.proc else set()
 
     def app_config(self, overrides: dict | None = None) -> dict:
         """Ours: the config with the model swapped (if the spec names one), the harness's headers on,
@@ -143,7 +144,8 @@ class System:
         return cfg
 
     def command(self, overrides: dict | None = None) -> tuple[list[str], dict]:
-        env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(Path(self.system.get("app_root", REPO)).resolve())}
+        env = {**os.environ, "RAY_ADDRESS": "local",  # the replicas import serve_app from app_root too
+               "PYTHONPATH": os.pathsep.join([str(self.app_root), *filter(None, [os.environ.get("PYTHONPATH")])])}
         env.setdefault("RAY_AUTH_MODE", "disabled")
         if self.system["kind"] == "vllm":
             m = self.model
@@ -161,12 +163,12 @@ class System:
     def start(self, overrides: dict | None = None) -> None:
         cmd, env = self.command(overrides)
         with open(self.log, "ab") as logfile:  # the child keeps its own descriptor
-            self.procs.append(subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                               env=env, cwd=str(REPO), start_new_session=True))
+            self.proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, cwd=str(self.app_root), start_new_session=True)
         self.started = " ".join(cmd)
 
     def alive(self) -> bool:
-        return all(p.poll() is None for p in self.procs)
+        return self.proc is not None and self.proc.poll() is None
 
     def wait_ready(self, limit_s: float, images: load.ImageStore) -> float | None:
         """Seconds until a chat request with an image succeeds (not /health: our /v1/models and
@@ -202,17 +204,16 @@ class System:
     def stop(self) -> None:
         """SIGINT to each session's group (serve run / vllm shut down in order), then SIGTERM, SIGKILL;
         then wait (bounded) for the GPU to be free."""
-        for proc in self.procs:
-            for sig, wait_s in ((signal.SIGINT, 30), (signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    pass
-                end = time.monotonic() + wait_s
-                while time.monotonic() < end and session_alive(proc.pid):
-                    proc.poll()
-                    time.sleep(1)
-        self.procs = []
+        for sig, wait_s in ((signal.SIGINT, 30), (signal.SIGTERM, 20), (signal.SIGKILL, 10)) if self.proc else ():
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            end = time.monotonic() + wait_s
+            while time.monotonic() < end and session_alive(self.proc.pid):
+                self.proc.poll()
+                time.sleep(1)
+        self.proc = None
         end = time.monotonic() + 90
         while time.monotonic() < end and (gpu_mem_mib() or 0) > 2048:
             time.sleep(2)

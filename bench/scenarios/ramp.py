@@ -1,18 +1,8 @@
-"""Autoscaling ramp: 1 -> 2 LLM replicas under rising load, back to 1, no failures.
-
-The system (ours; ``llm.autoscaling`` must end up with min_replicas 1, max_replicas 2) starts,
-a few requests warm it, then:
-
-1. **ramp**: closed-loop streaming clients (one unique JPEG per request from a pool, ``ignore_eos``,
-   ``max_tokens``), ``levels`` concurrencies for ``level_s`` each; the last level is held until the
-   second LLM replica is RUNNING, then ``hold_s`` more;
-2. **scale-in**: the load stops except ``drain_streams`` long streams (``drain_max_tokens``) sent back
-   to back until Serve is down to one replica again, so a replica is stopped with streams in flight;
-3. Serve's status is polled every ``poll_s`` throughout (the autoscaler's decisions, replica states).
-   Each response names the LLM replica that answered, so the report shows when the new replica served
-   first and how the streams the stopped replica had in flight ended.
-
-Exit status 0 only if no request failed and both scaling steps happened in time.
+"""Autoscaling ramp (bench/ramp.yaml): closed-loop streaming clients at rising ``levels`` until a
+second LLM replica runs, ``hold_s`` more, then only ``drain_streams`` long streams while Serve scales
+back to one replica, so a replica is stopped with streams in flight. Serve's status is polled all
+along; each response names the LLM replica that answered. Exit status 0 only if no request failed
+and both scaling steps happened in time.
 """
 
 from __future__ import annotations

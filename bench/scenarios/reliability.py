@@ -1,14 +1,7 @@
-"""Overload and faults: calibration of the engine's rates, bursts of multiples of the LLM capacity,
-and replicas killed under steady load.
-
-* calibrate: aggregate prefill and decode tokens/s of the engine (for llm.admission), on an app with
-  admission off if ``calibrate_without_admission`` (its 429s would cut the batch short), then the app
-  is redeployed as configured;
-* overload: bursts of ``levels`` x ``capacity`` (default llm.max_ongoing_requests) simultaneous
-  non-streaming requests (one unique small JPEG each, ``max_tokens``, ``client_timeout_s``): statuses,
-  latency of the admitted and the refused, who refused, RSS of each process group before and after;
-* faults under ``steady`` clients: a pool replica, the engine core and the LLM replica killed
-  (SIGKILL): failed requests and seconds until a request succeeds again.
+"""Overload and faults (bench/reliability.yaml): the engine's prefill and decode rates (for
+llm.admission; with admission off if ``calibrate_without_admission``, then redeployed as configured),
+non-streaming bursts of ``levels`` x ``capacity`` requests at once, then a pool replica, the engine
+core and the LLM replica killed (SIGKILL) under ``steady`` clients: failures and time to recover.
 """
 
 from __future__ import annotations
