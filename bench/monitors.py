@@ -136,10 +136,10 @@ class ServeStatusPoller(threading.Thread):
     def run(self) -> None:
         from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-        client = ServeSubmissionClient(self.dashboard)
-        last_key, last_t = None, -1e9
+        client, last_key, last_t = None, None, -1e9
         while not self.stop.wait(self.interval_s):
             try:
+                client = client or ServeSubmissionClient(self.dashboard)
                 d = client.get_serve_details()["applications"][self.app]["deployments"][self.deployment]
             except Exception as exc:  # status is best effort; the scenario itself decides pass/fail
                 sample = {"t": round(time.time() - self.t0, 3), "error": f"{type(exc).__name__}: {exc}"[:200]}

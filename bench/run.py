@@ -133,7 +133,10 @@ def main() -> int:
     finally:
         bench.result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         bench.save()
-        report.write(out)
+        try:
+            report.write(out)
+        except Exception as exc:  # the JSON stands; report.py can be run on it again
+            bench.log(f"report: {type(exc).__name__}: {exc}")
         bench.log("DONE")
     return status
 

@@ -79,6 +79,7 @@ def hf_view(model: Path) -> Path:
     """Ray Serve LLM's pre-check loads a Hugging Face config.json, which a Mistral-format folder
     lacks: the folder's files (linked) plus bench/pixtral-12b-hf-config.json, in a sibling folder
     (the engine still reads the Mistral format)."""
+    model = model.resolve()
     view = model.with_name(model.name + "-with-hf-config")
     view.mkdir(exist_ok=True)
     for f in model.iterdir():
