@@ -68,7 +68,8 @@ def throughput_markdown(data: dict, png_name: str) -> str:
             cells.append(f"{r['req_per_s']:.2f} ({r['ttft_p50_s']} s{extra}){err}")
         ours = systems.get(spec.get("ours", OURS), {}).get("workloads", {}).get(wl, {}).get("req_per_s")
         peer, best = best_peer(systems, wl)
-        lines.append(f"| {wl} | " + " | ".join(cells) + f" | {f'{ours / best:.2f}x vs {peer}' if ours and best else '–'} |")
+        ratio = f"{ours / best:.2f}x vs {peer}" if ours and best else "–"
+        lines.append(f"| {wl} | " + " | ".join(cells) + f" | {ratio} |")
     lines += stage_table(systems, spec) + ["", f"![req/s per workload, relative to the best peer]({png_name})"]
     groups: dict[str, dict[str, float]] = {}
     for n in names:
@@ -133,7 +134,8 @@ def ramp_markdown(data: dict, png_name: str) -> str:
         f"`{json.dumps(data['llm_autoscaling'])}`)", "",
         "| moment | s since load start |", "|---|---|",
         f"| autoscaler decides 1 -> 2 | {fmt(ev['up_decision_s'])} |",
-        f"| second replica RUNNING | {fmt(ev['up_running_s'])} (decision to running: {fmt(s['up_decision_to_running_s'])} s) |",
+        f"| second replica RUNNING | {fmt(ev['up_running_s'])} "
+        f"(decision to running: {fmt(s['up_decision_to_running_s'])} s) |",
         f"| load stopped (drain streams only) | {fmt(marks.get('load_stop_s'))} |",
         f"| autoscaler decides 2 -> 1 | {fmt(ev['down_decision_s'])} |",
         f"| back to one replica | {fmt(ev['down_done_s'])} |", "",
@@ -149,7 +151,8 @@ def ramp_markdown(data: dict, png_name: str) -> str:
         if w and "req_per_s" in w:
             lines.append(f"| {label} | {w['from_s']:.0f}-{w['to_s']:.0f} | {w['running_replicas']} | {w['req_per_s']} | "
                          f"{w['out_tok_per_s']} | {w['ttft_p50_s']} | {w['ttft_p99_s']} |")
-    lines += ["", f"Drain streams in flight when the autoscaler decided 2 -> 1: {s['drain_streams_in_flight_at_down_decision']}."]
+    lines += ["", "Drain streams in flight when the autoscaler decided 2 -> 1: "
+              f"{s['drain_streams_in_flight_at_down_decision']}."]
     for name, r in s["llm_replicas"]["replicas"].items():
         lines.append(f"- LLM replica `{name}`: {r['requests']} requests answered, first at {r['first_end_s']:.1f} s, "
                      f"last at {r['last_end_s']:.1f} s")

@@ -111,6 +111,13 @@ class Bench:
         self.save()
         return ready
 
+    def serve(self, system: systems.System, overrides: dict, limit_s: float = 900) -> bool:
+        """``system`` serving with ``overrides``: started if it is not running, else redeployed."""
+        if system.alive():
+            self.log(f"{system.name}: redeployed with {overrides} in {system.deploy(overrides, limit_s):.0f}s")
+            return True
+        return self.start(system, limit_s, overrides) is not None
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

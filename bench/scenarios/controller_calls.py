@@ -35,12 +35,9 @@ def run(bench) -> int:
     cfg, system, report = bench.spec["controller_calls"], bench.system(), bench.result
     report["runs"] = []
     try:
-        for index, replicas in enumerate(cfg["ingress_replicas"]):
-            step = {"ingress.autoscaling": {"min_replicas": replicas, "max_replicas": replicas}}
-            if index == 0 and bench.start(system, 900, step) is None:
+        for replicas in cfg["ingress_replicas"]:
+            if not bench.serve(system, {"ingress.autoscaling": {"min_replicas": replicas, "max_replicas": replicas}}):
                 return 1
-            if index:
-                system.deploy(step)
             end = time.monotonic() + 300
             while running_ingress_replicas() != replicas and time.monotonic() < end:
                 time.sleep(1)

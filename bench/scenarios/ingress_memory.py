@@ -28,12 +28,10 @@ def run(bench) -> int:
         size = min(int(cfg["body_mib"] * 2**20), app["ingress"].get("max_request_bytes", 16 * 2**20)) - 1024
         body = json.dumps({"model": "not-served", "messages": [{"role": "user", "content": "x" * (size - 200)}]}).encode()
         report.update(clients=cfg["clients"], body_bytes=len(body))
-        for index, budget in enumerate(cfg["budgets_mib"]):
-            step = {"ingress.max_inflight_body_bytes": OFF if budget == "off" else int(float(budget) * 2**20)}
-            if index == 0 and bench.start(system, 900, step) is None:
+        for budget in cfg["budgets_mib"]:
+            if not bench.serve(system, {"ingress.max_inflight_body_bytes": OFF if budget == "off" else
+                                        int(float(budget) * 2**20)}):
                 return 1
-            if index:
-                system.deploy(step)
             watch = monitors.ProcessWatch(system.sessions).start()
             results, wall, _ = asyncio.run(load.send_at_once(systems.URL, [body] * cfg["clients"], systems.API_KEY, 280))
             statuses = Counter(f"{r.get('status', 200)} {r.get('retry_after') or ''}".strip() for r in results)

@@ -89,7 +89,8 @@ async def fault(bench, system: systems.System, name: str, inject, cfg: dict) -> 
             await asyncio.sleep(0.5)
             after = [r for r in clients.records if r["end"] > injected]
             last_failure = max((r["end"] for r in after if not r["ok"]), default=None)
-            ok = [r["end"] for r in after if r["ok"] and r["end"] > injected + 1 and (last_failure is None or r["end"] > last_failure)]
+            ok = [r["end"] for r in after
+                  if r["ok"] and r["end"] > injected + 1 and (last_failure is None or r["end"] > last_failure)]
             recovered = min(ok) - injected if ok else None
         await asyncio.sleep(10 if recovered is not None else 0)
         stop.set()
@@ -111,14 +112,13 @@ def run(bench) -> int:
     bench.images.ensure([(cfg["image"], 10_000 + i) for i in range(64)])
     try:
         calibrating = {"llm.admission.max_pending_s": None} if cfg["calibrate_without_admission"] else {}
-        if bench.start(system, 1800, calibrating) is None:
+        if not bench.serve(system, calibrating, 1800):
             return 1
         report["calibration"] = {**calibrate(bench, system.served_name, capacity, cfg),
                                  "admission": "off" if calibrating else "as configured"}
         bench.log(f"calibration: {report['calibration']}")
-        if calibrating:
-            report["redeployed_s"] = round(system.deploy({}), 1)
-        bench.save()
+        if calibrating and not bench.serve(system, {}):
+            return 1
         report["overload"] = []
         for level in cfg["levels"]:
             before = monitors.rss_mib(system.sessions)

@@ -82,3 +82,22 @@ def test_report_tables_any_other_scenario(tmp_path):
     report.write(tmp_path / "r.json")
     text = (tmp_path / "r.md").read_text()
     assert "| ingress_replicas | calls_per_s | by_method |" in text and '| 1 | 0.5 | `{"a": 1}` |' in text
+
+
+def test_ramp_reads_the_four_moments_and_the_stopped_replica_from_status_and_records():
+    from scenarios import ramp
+
+    samples = [{"t": 1.0, "message": "", "states": {"RUNNING": 1}, "running": 1},
+               {"t": 2.0, "message": "Upscaling from 1 to 2 replicas.", "states": {"RUNNING": 1, "STARTING": 1},
+                "running": 1},
+               {"t": 9.0, "message": "", "states": {"RUNNING": 2}, "running": 2},
+               {"t": 20.0, "message": "Downscaling from 2 to 1 replicas.", "states": {"RUNNING": 1, "STOPPING": 1},
+                "running": 1},
+               {"t": 25.0, "message": "", "states": {"RUNNING": 1}, "running": 1}]
+    events = ramp.scaling_events(samples)
+    assert events == {"up_decision_s": 2.0, "up_running_s": 9.0, "down_decision_s": 20.0, "down_done_s": 25.0}
+    records = [{"replica": replica, "start": start, "end": end, "ok": True}
+               for replica, start, end in (("a", 0.0, 3.0), ("b", 10.0, 12.0), ("b", 18.0, 24.0), ("a", 21.0, 22.0))]
+    seen = ramp.replicas_seen(records, events)
+    assert seen["replicas"]["b"] == {"requests": 2, "first_end_s": 12.0, "last_end_s": 24.0}
+    assert seen["stopped"] == {"replica": "b", "in_flight_at_stop": 1, "in_flight_ok": 1, "last_finished_s": 24.0}
