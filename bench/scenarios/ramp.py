@@ -160,7 +160,8 @@ def run(bench) -> int:
     warm = [load.Conversation([(cfg["image_size"], 6_000_000 + i)]) for i in range(4)]
     bench.images.ensure(wanted + [c.images[0] for c in warm])
     data = bench.result
-    data.update(llm_autoscaling=scaling, settings=cfg)
+    data.update(tag=bench.out.stem, config_file=system.system["config"], overrides=system.system.get("overrides"),
+                llm_autoscaling=scaling, settings=cfg)
     poller = None
     try:
         if bench.start(system, cfg["start_timeout_s"]) is None:

@@ -65,8 +65,8 @@ def test_images_are_deterministic_per_seed():
 
 
 @pytest.mark.parametrize("name", ["2026-12-02-h200-real-traffic", "2026-12-05-h100-json-one-user",
-                                  "2026-12-02-cpu-dry-scale-out"])
-def test_report_regenerates_a_stored_throughput_result(tmp_path, name):
+                                  "2026-12-02-cpu-dry-scale-out", "2026-12-02-cpu-dry-ramp-2"])
+def test_report_regenerates_a_stored_result(tmp_path, name):
     report.write(REPO / "bench/results" / f"{name}.json", tmp_path / name)
     committed = iter((REPO / "bench/results" / f"{name}.md").read_text().splitlines())
     for line in (tmp_path / f"{name}.md").read_text().splitlines():
