@@ -34,7 +34,6 @@ def percentile(xs, p: float) -> float | None:
     return round(xs[min(len(xs) - 1, int(p / 100 * len(xs)))], 3) if xs else None
 
 
-
 def make_image(spec: str, seed: int, fmt: str = "JPEG") -> bytes:
     """``WxH``: random background and 40 rectangles (as the wheel kit's baseline load generator
     draws them). ``photo``: 4032x3024, smooth shapes under per-pixel noise (3-5 MB as JPEG).
@@ -99,8 +98,9 @@ class ImageStore:
         return "data:image/jpeg;base64," + base64.b64encode(self.path(spec, seed).read_bytes()).decode()
 
 
-
 @dataclass
+
+
 class Conversation:
     """User turns sent one after another; ``images`` go with the first turn and are resent
     (the whole history is) with every later turn."""
@@ -141,7 +141,6 @@ def chat_body(model: str, urls: list[str], max_tokens: int, stream: bool = True,
     if stream:
         body["stream_options"] = {"include_usage": True}
     return body
-
 
 
 def server_timing(header: str | None) -> dict[str, float]:
@@ -210,7 +209,6 @@ def client_session(timeout_s: float | None = None) -> aiohttp.ClientSession:
                                  connector=aiohttp.TCPConnector(limit=0))
 
 
-
 async def send_at_once(url: str, bodies: list[dict | bytes], api_key: str, timeout_s: float,
                        concurrency: int | None = None) -> tuple[list[dict], float, float]:
     """Every body sent at once (or ``concurrency`` at a time): (results, wall s, this process's CPU s)."""
@@ -225,6 +223,7 @@ async def send_at_once(url: str, bodies: list[dict | bytes], api_key: str, timeo
         started, cpu_started = time.monotonic(), time.process_time()
         results = await asyncio.gather(*(one(session, b) for b in bodies))
         return results, time.monotonic() - started, time.process_time() - cpu_started
+
 
 async def run_conversations(url: str, model: str, convs: list[Conversation], images: ImageStore, *,
                             concurrency: int, request: dict, api_key: str, timeout_s: float,
