@@ -179,19 +179,20 @@ async def post_chat(session: aiohttp.ClientSession, url: str, body: dict | bytes
                 answer = await r.json()
                 ttft, usage = time.perf_counter() - t0, answer.get("usage") or {}
                 text = [answer["choices"][0]["message"].get("content") or ""]
-            async for raw in (r.content if stream else []):
-                line = raw.decode().strip()
-                if not line.startswith("data:") or line == "data: [DONE]":
-                    continue
-                ev = json.loads(line[5:])
-                if ev.get("error"):
-                    return {"ok": False, "status": 200, "err": json.dumps(ev["error"])[:300],
-                            "e2e": time.perf_counter() - t0}
-                delta = ev["choices"][0].get("delta", {}) if ev.get("choices") else {}
-                if delta.get("content"):
-                    ttft = ttft if ttft is not None else time.perf_counter() - t0
-                    text.append(delta["content"])
-                usage = ev.get("usage") or usage
+            else:
+                async for raw in r.content:
+                    line = raw.decode().strip()
+                    if not line.startswith("data:") or line == "data: [DONE]":
+                        continue
+                    ev = json.loads(line[5:])
+                    if ev.get("error"):
+                        return {"ok": False, "status": 200, "err": json.dumps(ev["error"])[:300],
+                                "e2e": time.perf_counter() - t0}
+                    delta = ev["choices"][0].get("delta", {}) if ev.get("choices") else {}
+                    if delta.get("content"):
+                        ttft = ttft if ttft is not None else time.perf_counter() - t0
+                        text.append(delta["content"])
+                    usage = ev.get("usage") or usage
     except asyncio.TimeoutError:
         return {"ok": False, "status": "timeout", "err": "timeout", "e2e": time.perf_counter() - t0}
     except (aiohttp.ClientError, json.JSONDecodeError) as exc:

@@ -214,10 +214,12 @@ def preprocess_markdown(data: dict) -> str:
 def tables_markdown(data: dict) -> str:
     """Any other scenario: its settings, then each list of runs as a table and each other section as JSON."""
     lines = header(data, data["scenario"].replace("_", " ").capitalize())
-    lines += [f"Settings: `{json.dumps(data['spec'].get(data['scenario'], {}))}`; systems: "
-              f"`{json.dumps(data['spec'].get('systems', {}))}`", ""]
+    lines += [f"Settings: `{json.dumps(data['spec'].get(data['scenario'], {}))}`", ""]
+    lines += [f"System `{name}`: `{json.dumps(data['spec']['systems'][name])}`, {s.get('status')}, ready after "
+              f"{fmt(s.get('ready_s'))} s" for name, s in data.get("systems", {}).items()] + [""]
     for key, value in data.items():
-        if key in ("scenario", "date", "dry_run", "machine", "versions", "command", "spec", "finished", "ray_serve_env"):
+        if key in ("scenario", "date", "dry_run", "machine", "versions", "command", "spec", "finished", "ray_serve_env",
+                   "systems"):
             continue
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             columns = list(dict.fromkeys(k for row in value for k in row))
