@@ -30,7 +30,7 @@ def overload(bench, model: str, level: int, capacity: int, cfg: dict) -> dict:
     results, wall, client_cpu = burst(bench, model, level * capacity, cfg["max_tokens"], cfg["client_timeout_s"],
                                       1000 * level, cfg["image"])
     admitted = [r["e2e"] for r in results if r["ok"]]
-    refused = [r for r in results if r["status"] == 429]
+    refused = [r for r in results if r.get("status") == 429]
     by_refusal = collections.defaultdict(list)  # who refused: the message says
     for r in refused:
         by_refusal[re.sub(r"\d+", "N", r["err"])[:60]].append(r["e2e"])
