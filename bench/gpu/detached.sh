@@ -6,8 +6,8 @@
 # with `load_format: dummy`, random weights) to /tmp/pixtral-12b.
 #   bash bench/gpu/detached.sh start RUNNER [args...]  # copy the repo to /tmp/repo, run RUNNER there
 #   bash bench/gpu/detached.sh poll [SECONDS]          # progress; results to $OUT
-# RUNNER is bench/run.py (real traffic) or bench/reliability.py; it writes /tmp/bench/result.json
-# (--out is added here). The machine's working tree is rebuilt for every command and only
+# RUNNER is bench/run.py with a spec (bench/real_traffic.yaml, bench/reliability.yaml, ...); it writes
+# /tmp/bench/result.json and its report beside it (--out is added here). The machine's working tree is rebuilt for every command and only
 # /tmp is kept, so the run works from its own copy and writes to /tmp/bench.
 set -uo pipefail
 case "${1:-}" in
@@ -32,7 +32,7 @@ case "${1:-}" in
     while [ "$(date +%s)" -lt "$end" ] && ! grep -q DONE /tmp/bench/progress.log 2>/dev/null; do sleep 2; done
     tail -n 4 /tmp/bench/progress.log 2>/dev/null; tail -n 3 /tmp/bench/run.out
     if [ -n "${OUT:-}" ]; then
-      cp /tmp/bench/result.json /tmp/bench/progress.log /tmp/bench/run.out "$OUT"/ 2>/dev/null
+      cp /tmp/bench/result.* /tmp/bench/progress.log /tmp/bench/run.out "$OUT"/ 2>/dev/null
       for f in /tmp/bench/work/*.log; do tail -n 200 "$f" > "$OUT/$(basename "$f" .log)-tail.txt"; done 2>/dev/null
     fi
     ;;

