@@ -78,8 +78,12 @@ def shipped_ray_env() -> dict[str, str]:
 
 
 class Run:
-    def __init__(self, spec: dict, out: Path, dry: bool, deadline_s: float):
+    def __init__(self, spec: dict, out: Path, dry: bool, deadline_s: float,
+                 ray_env: dict[str, str] | None = None, client_port: int = PORT):
         self.spec, self.out, self.dry = spec, out, dry
+        # --ray-env: added to the shipped Ray env of our systems only; --client-port: where the client
+        # sends its requests (default: the port every system listens on, Serve's proxy for ours).
+        self.ray_env, self.client_port = dict(ray_env or {}), client_port
         self.work = out.parent / "work"
         self.work.mkdir(parents=True, exist_ok=True)
         self.progress = out.parent / "progress.log"
@@ -89,6 +93,8 @@ class Run:
             "date": f"{dt.date.today()}", "dry_run": dry, "machine": machine(), "versions": versions(),
             "command": " ".join([Path(sys.executable).name, *sys.argv]), "spec": spec, "systems": {},
         }
+        if self.ray_env or client_port != PORT:
+            self.result.update(ray_env_extra=self.ray_env, client_port=client_port)
 
     def log(self, msg: str) -> None:
         log(msg, self.progress)
@@ -133,7 +139,7 @@ class Run:
                    "--served-model-name", m["served_name"], *system.get("args", []), *m.get("vllm_args", [])]
         elif system["kind"] == "ours":
             config = self.our_config(name, system)
-            env.update(shipped_ray_env(), PIXTRAL_SERVE_API_KEYS=API_KEY, RAY_ADDRESS="local")
+            env.update(shipped_ray_env(), **self.ray_env, PIXTRAL_SERVE_API_KEYS=API_KEY, RAY_ADDRESS="local")
             cmd = [sys.executable, "-m", "ray.serve.scripts", "run", str(config)]  # = `serve run CONFIG`
         elif system["kind"] == "ray-llm":
             cmd = [sys.executable, str(BENCH / "ray_serve_llm.py"), "--model", m["path"], "--name", m["served_name"],
@@ -176,7 +182,7 @@ class Run:
             if proc.poll() is not None:
                 return None
             r = asyncio.run(load.run_conversations(
-                f"http://127.0.0.1:{PORT}", self.spec["model"]["served_name"], [probe], self.images, concurrency=1,
+                f"http://127.0.0.1:{self.client_port}", self.spec["model"]["served_name"], [probe], self.images, concurrency=1,
                 request={**self.spec["request"], "max_tokens": 2}, api_key=API_KEY, timeout_s=60))
             if r["ok"] == 1:
                 return time.monotonic() - t0
@@ -239,7 +245,7 @@ class Run:
     def run_workload(self, name: str, wl: dict, session: int) -> dict:
         self._images.join(timeout=max(1.0, self.deadline - time.monotonic()))
         warm, convs = self.plan(name, wl)
-        url, model = f"http://127.0.0.1:{PORT}", self.spec["model"]["served_name"]
+        url, model = f"http://127.0.0.1:{self.client_port}", self.spec["model"]["served_name"]
         limit = max(30.0, min(600.0, self.deadline - time.monotonic() - 20))
         kw = dict(concurrency=wl["concurrency"], request=self.spec["request"], api_key=API_KEY, timeout_s=limit,
                   extra_body=wl.get("body"))
@@ -358,7 +364,12 @@ def main() -> int:
     ap.add_argument("--dry-scale", type=int, default=16, help="dry run: requests divided by this")
     ap.add_argument("--dry-concurrency", type=int, default=8, help="dry run: concurrency capped at this")
     ap.add_argument("--deadline-s", type=float, default=1500)
+    ap.add_argument("--ray-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra Ray environment for our systems, on top of k8s/image/Dockerfile's (repeatable)")
+    ap.add_argument("--client-port", type=int, default=PORT,
+                    help="send the requests here instead of port %d (e.g. a direct-ingress replica's port)" % PORT)
     a = ap.parse_args()
+    ray_env = dict(kv.split("=", 1) for kv in a.ray_env)
     spec = yaml.safe_load(Path(a.spec).read_text())
     if "base" in spec:  # e.g. scale_out.yaml: its own systems, the base file's model/request/workloads
         base = yaml.safe_load((Path(a.spec).parent / spec["base"]).read_text())
@@ -381,7 +392,7 @@ def main() -> int:
                 entry["images"] = entry["images"][:2]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Run(spec, out, a.dry, a.deadline_s).main()
+    Run(spec, out, a.dry, a.deadline_s, ray_env=ray_env, client_port=a.client_port).main()
     return 0
 
 

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 from chat_payloads import REQUEST_LIMIT, SYSTEM_PROMPT_TEMPLATE
-from serve_support import TINY_LARGE, TINY_MODEL, cpu_app_args, deploy_args, end_process, free_port
+from serve_support import (
+    TINY_LARGE,
+    TINY_MODEL,
+    cpu_app_args,
+    deploy_args,
+    direct_ingress_url,
+    end_process,
+    free_port,
+)
 
 for key, value in {
     "RAY_AUTH_MODE": "disabled",
@@ -123,7 +131,12 @@ def served(tiny_model, api_key, moto_endpoint, ray_metrics_port):
                 }
             },
         )
-        yield deploy_args(args, name="pixtral", base=f"http://127.0.0.1:{port}", route_prefix="/")
+        url = deploy_args(args, name="pixtral", base=f"http://127.0.0.1:{port}", route_prefix="/")
+        if os.environ.get("PIXTRAL_E2E_DIRECT") == "1":
+            # Throughput mode turns on Serve's direct ingress: the ingress replica serves HTTP on a
+            # port of its own (30000 and up) beside the head's proxy. Send the tests there instead.
+            url = direct_ingress_url("pixtral")
+        yield url
     finally:
         serve.shutdown()
         ray.shutdown()

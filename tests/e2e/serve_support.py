@@ -57,6 +57,20 @@ def deploy_args(args: dict, *, name: str, base: str, route_prefix: str) -> str:
     return deploy(build_app(args), name=name, base=base, route_prefix=route_prefix)
 
 
+def direct_ingress_url(app_name: str) -> str:
+    """The URL of the application's ingress replica itself (Serve's direct ingress), not the proxy's."""
+    import ray
+    from ray.serve._private.common import RequestProtocol
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    for group in ray.get(controller.get_target_groups.remote(app_name)):
+        if group.protocol == RequestProtocol.HTTP and group.app_name == app_name and group.targets:
+            target = group.targets[0]
+            return f"http://{target.ip}:{target.port}"
+    raise RuntimeError(f"no direct-ingress HTTP target for {app_name!r} (is direct ingress on?)")
+
+
 def deploy(app, *, name: str, base: str, route_prefix: str) -> str:
     """Deploy one Serve application; returns its URL once /ready answers (bounded)."""
     from ray import serve
