@@ -36,15 +36,17 @@ def plan(spec: dict, name: str) -> tuple[list[load.Conversation], list[load.Conv
 def run_workload(bench, system: systems.System, name: str) -> dict:
     spec, wl = bench.spec, bench.spec["workloads"][name]
     warm, convs = plan(spec, name)
+    # client_port: send the load elsewhere than Serve's proxy (e.g. a direct-ingress replica's port, 30000)
+    url = f"http://127.0.0.1:{system.system.get('client_port', systems.PORT)}"
     limit = max(30.0, min(600.0, bench.left_s() - 20))
     kw = dict(concurrency=wl["concurrency"], request=spec["request"], api_key=systems.API_KEY, timeout_s=limit,
               extra_body=wl.get("body"))
-    warm_r = asyncio.run(load.run_conversations(systems.URL, system.served_name, warm, bench.images, **kw)) if warm \
+    warm_r = asyncio.run(load.run_conversations(url, system.served_name, warm, bench.images, **kw)) if warm \
         else {"requests": 0, "ok": 0, "errors": 0, "first_error": None}
     # CPU seconds per process group; peak RSS too if the spec asks (a sweep of every process each time)
     watch = monitors.ProcessWatch(system.sessions, interval_s=spec["request"].get("rss_sample_s"))
     gpu, watch = monitors.GpuSampler().start(), watch.start()
-    r = asyncio.run(load.run_conversations(systems.URL, system.served_name, convs, bench.images, **kw))
+    r = asyncio.run(load.run_conversations(url, system.served_name, convs, bench.images, **kw))
     r.update(gpu=gpu.stop(), cpu=watch.stop(r["ok"]), concurrency=wl["concurrency"],
              warmup={k: warm_r[k] for k in ("requests", "ok", "errors", "first_error")})
     return r
