@@ -293,7 +293,7 @@ class AdmissionConfig(_Strict):
     rates below. A new request is refused with 429 + Retry-After while the ledger is
     above ``max_pending_s``, instead of waiting in the engine past any client's
     patience. Rates are the engine's aggregate throughput under load; measure them
-    (bench/run.py, bench/reliability.py) for each model and machine.
+    (bench/run.py with bench/real_traffic.yaml or bench/reliability.yaml) for each model and machine.
     """
 
     max_pending_s: float | None = Field(

@@ -3,7 +3,7 @@
 Public surface: ``ImageLoader``, ``ImageGrid``, ``PreparedImage``; the source seam
 (``ImageSource``, ``register_source``, ``unregister_source``, ``sources_at_start``);
 ``s3_policy_at_start``, the S3 source's start-up policy; and ``decode_and_resize`` for
-bench/preprocess.py. Everything else in this package is private to it.
+bench/scenarios/preprocess.py. Everything else in this package is private to it.
 """
 
 from serve_app import _lazy_exports
