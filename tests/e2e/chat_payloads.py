@@ -28,3 +28,14 @@ def user_message(*image_urls: str, text: str = "Describe the image.") -> dict:
     content = [{"type": "text", "text": text}]
     content += [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
     return {"role": "user", "content": content}
+
+
+def long_image_stream(model: str, seed: int, max_tokens: int) -> dict:
+    """A streamed request with one small image of its own that decodes exactly ``max_tokens``."""
+    return {
+        "model": model,
+        "messages": [user_message(data_url(jpeg_bytes(seed, (64, 48))))],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }

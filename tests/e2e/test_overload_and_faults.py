@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from chat_payloads import data_url, jpeg_bytes, user_message
+from chat_payloads import data_url, jpeg_bytes, long_image_stream, user_message
 from serve_support import cpu_app_args, deploy, deploy_args
 
 MODEL = "tiny-faults"
@@ -139,13 +139,7 @@ def test_admission_refuses_while_the_engine_holds_too_much_work_and_a_disconnect
 
 def test_disconnected_streams_leave_the_engine_with_nothing_running(faults_app, api_key):
     def stream_then_hang_up(seed: int) -> None:
-        body = {
-            "model": MODEL,
-            "messages": [user_message(data_url(jpeg_bytes(seed, (64, 48))))],
-            "max_tokens": 300,
-            "ignore_eos": True,
-            "stream": True,
-        }
+        body = long_image_stream(MODEL, seed, 300)
         with httpx.stream(
             "POST",
             faults_app + "/v1/chat/completions",

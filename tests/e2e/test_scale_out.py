@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from chat_payloads import data_url, jpeg_bytes, user_message
+from chat_payloads import data_url, jpeg_bytes, long_image_stream, user_message
 from serve_support import _merge, cpu_app_args, deploy_args, free_port
 
 from serve_app.api.models import ChatCompletionRequest
@@ -280,13 +280,7 @@ def test_a_rollout_under_streaming_load_fails_nothing(two_replicas):
     lock = threading.Lock()
 
     def client(seed: int) -> None:
-        body = {
-            "model": model,
-            "messages": [user_message(data_url(jpeg_bytes(seed, (64, 48))))],
-            "max_tokens": 48,
-            "ignore_eos": True,
-            "stream": True,
-        }
+        body = long_image_stream(model, seed, 48)
         while not stop.is_set():
             complete, last = False, time.monotonic()
             with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as response:
@@ -346,13 +340,7 @@ def test_a_rollout_at_one_replica_finishes_assigned_streams_and_refuses_new_ones
     lock = threading.Lock()
 
     def stream(seed: int) -> None:
-        body = {
-            "model": model,
-            "messages": [user_message(data_url(jpeg_bytes(seed, (64, 48))))],
-            "max_tokens": 256,
-            "ignore_eos": True,
-            "stream": True,
-        }
+        body = long_image_stream(model, seed, 256)
         complete = False
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as response:
             status = response.status_code
