@@ -36,8 +36,10 @@ def plan(spec: dict, name: str) -> tuple[list[load.Conversation], list[load.Conv
 def run_workload(bench, system: systems.System, name: str) -> dict:
     spec, wl = bench.spec, bench.spec["workloads"][name]
     warm, convs = plan(spec, name)
-    # client_port: send the load elsewhere than Serve's proxy (e.g. a direct-ingress replica's port, 30000)
-    url = f"http://127.0.0.1:{system.system.get('client_port', systems.PORT)}"
+    # client_port (of the system, or of the workload for our systems): send the load elsewhere than
+    # Serve's proxy, e.g. to the first ingress replica's own port under direct ingress, 30000
+    port = wl.get("client_port") if system.system["kind"] == "ours" else None
+    url = f"http://127.0.0.1:{port or system.system.get('client_port', systems.PORT)}"
     limit = max(30.0, min(600.0, bench.left_s() - 20))
     kw = dict(concurrency=wl["concurrency"], request=spec["request"], api_key=systems.API_KEY, timeout_s=limit,
               extra_body=wl.get("body"))
@@ -64,6 +66,8 @@ def run_system(bench, name: str) -> None:
         for wl_name, wl in bench.spec["workloads"].items():
             if bench.left_s() < 30:
                 res["workloads"][wl_name] = {"skipped": "deadline"}
+            elif "client_port" in wl and system.system["kind"] != "ours":  # a port of our ingress replicas
+                res["workloads"][wl_name] = {"skipped": "ours only"}
             elif wl["kind"] == "startup":  # seconds to the first answered chat again, now with warm caches
                 system.stop()
                 system.start()
