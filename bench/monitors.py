@@ -20,10 +20,12 @@ _PROGRAMS = (("vllm.entrypoints", "vllm-serve-main"), ("raylet", "raylet"), ("gc
 
 
 def process_group(cmdline: list[str], name: str) -> str:
-    """Ray's/vLLM's process title (ray::ServeReplica:pixtral:PixtralServer, VLLM::EngineCore), else the program."""
+    """Ray's/vLLM's process title (ray::ServeReplica:pixtral:PixtralServer, VLLM::EngineCore), else the program.
+    Without the method an actor runs: Ray titles it ``ray::Class.method`` meanwhile, so a busy replica
+    would not be found by its title (reliability's faults) and its CPU would count as another group."""
     first = cmdline[0] if cmdline else name
     if first.startswith(("ray::", "VLLM::")):
-        return _PID_SUFFIX.sub("", first.split()[0])
+        return _PID_SUFFIX.sub("", first.split()[0].split(".")[0])
     joined = " ".join(cmdline)
     return next((label for key, label in _PROGRAMS if key in joined), name or "?")
 
