@@ -6,12 +6,14 @@ deployments: OpenAIIngress -> ImagePool (CPU) and PixtralServer (vLLM).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import ray
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
-from serve_app.autoscaling import PendingWorkPolicy
+from serve_app.autoscaling import PendingWorkPolicy, replicas_that_fit
 from serve_app.config import AppConfig, DeploymentConfig
 from serve_app.deployments.image_pool import ImagePool
 from serve_app.deployments.ingress import OpenAIIngress
@@ -61,9 +63,38 @@ def llm_options(config: AppConfig) -> dict[str, Any]:
     return options
 
 
+logger = logging.getLogger(__name__)
+
+
+def llm_bundles(config: AppConfig) -> list[dict[str, float]]:
+    """What one LLM replica takes from the cluster: its placement bundles, or its CPUs."""
+    llm = config.llm
+    if llm.accelerator == "gpu":
+        return llm.placement_bundles(config.engine.tensor_parallel_size)
+    return [{"CPU": llm.num_cpus}]
+
+
+def replicas_beyond_cluster(config: AppConfig, cluster: dict[str, float]) -> str | None:
+    """A warning when ``llm.autoscaling.max_replicas`` asks for more than ``cluster`` holds."""
+    fit = replicas_that_fit(cluster, llm_bundles(config))
+    wanted = config.llm.autoscaling.max_replicas
+    if fit >= wanted:
+        return None
+    return (
+        f"llm.autoscaling.max_replicas is {wanted}, but the cluster's resources hold {fit} LLM replica(s) "
+        f"now ({llm_bundles(config)} each). Unless the cluster adds nodes, replicas beyond {fit} never start, "
+        f"and a redeploy after a burst that asked for them waits for llm.autoscaling.downscale_delay_s "
+        f"({config.llm.autoscaling.downscale_delay_s:g} s) before it replaces the running replicas: set "
+        f"max_replicas to at most {fit} on a cluster that cannot grow."
+    )
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """The Serve ``import_path``: validates ``args`` once and wires the three deployments."""
-    return build_pipeline(AppConfig.model_validate(args))
+    config = AppConfig.model_validate(args)
+    if ray.is_initialized() and (warning := replicas_beyond_cluster(config, ray.cluster_resources())):
+        logger.warning(warning)
+    return build_pipeline(config)
 
 
 def build_pipeline(config: AppConfig, engine_factory: EngineFactory = vllm_engine_factory) -> Application:

@@ -10,6 +10,12 @@ this policy asks for enough replicas that each holds at most ``target_pending_s`
 the default policy asks for on ongoing requests, whichever is more. Serve applies the
 deployment's min/max replicas and upscale/downscale delays on top (it wraps every policy).
 Set on the LLM deployment by ``serve_app.app`` through ``autoscaling_config.policy``.
+
+``replicas_that_fit``: how many replicas of given placement bundles a cluster's resources hold.
+A target above it cannot be placed, and in Ray Serve 2.60 such replicas block a rollout: a
+redeploy stops one outdated replica, starts its successor, and stops no other while that one
+waits for resources the running replicas hold, until the autoscaler lowers the target after
+``downscale_delay_s`` (bench/results/2026-12-06-cpu-redeploy.md).
 """
 
 from __future__ import annotations
@@ -20,6 +26,16 @@ from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
 from ray.serve.config import AutoscalingContext
 
 PENDING_METRIC = "pending_s"
+
+
+def replicas_that_fit(cluster: dict[str, float], bundles: list[dict[str, float]]) -> int:
+    """Replicas whose ``bundles`` (one placement group each) ``cluster`` holds at once, by totals
+    alone (bundles may still not pack onto nodes; this is an upper bound)."""
+    need: dict[str, float] = {}
+    for bundle in bundles:
+        for resource, amount in bundle.items():
+            need[resource] = need.get(resource, 0.0) + amount
+    return min((int(cluster.get(r, 0.0) / amount + 1e-9) for r, amount in need.items() if amount > 0), default=0)
 
 
 class PendingWorkPolicy:

@@ -9,7 +9,8 @@ import yaml
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.app import build_app, build_pipeline, llm_options
+from serve_app.app import build_app, build_pipeline, llm_bundles, llm_options, replicas_beyond_cluster
+from serve_app.autoscaling import replicas_that_fit
 from serve_app.config import AppConfig, LLMDeploymentConfig, is_loopback_host
 from serve_app.deployments.ingress import keys_required
 
@@ -290,3 +291,32 @@ def test_the_built_app_carries_the_router_to_serve():
     assert pool._deployment_config.request_router_config.request_router_kwargs == {"deployment": "ImagePool"}
     policy = llm._deployment_config.autoscaling_config.policy
     assert policy.policy_function == "serve_app.autoscaling:PendingWorkPolicy"
+
+
+@pytest.mark.parametrize(
+    ("cluster", "overrides", "fit"),
+    [
+        ({"CPU": 16, "GPU": 1}, {}, 1),  # one GPU: the shipped max_replicas 4 cannot be placed
+        ({"CPU": 16, "GPU": 1}, {"gpus_per_replica": 0.5}, 2),
+        ({"CPU": 64, "GPU": 4}, {}, 4),
+        ({"CPU": 6, "GPU": 4}, {}, 2),  # each bundle takes cpus_per_gpu_worker + num_cpus (3)
+        ({"CPU": 16}, {}, 0),
+    ],
+)
+def test_a_max_replicas_the_cluster_cannot_place_is_warned_with_what_fits(cluster, overrides, fit):
+    args = app_args("config.yaml")
+    args["llm"].update(overrides)
+    args["engine"]["gpu_memory_utilization"] = min(0.9, 0.84 * args["llm"].get("gpus_per_replica", 1))
+    warning = replicas_beyond_cluster(AppConfig.model_validate(args), cluster)
+    if fit >= args["llm"]["autoscaling"]["max_replicas"]:
+        assert warning is None
+    else:
+        assert f"hold {fit} LLM replica(s)" in warning and f"set max_replicas to at most {fit}" in warning
+
+
+def test_tensor_parallel_replicas_fit_by_whole_placement_groups():
+    args = app_args("config.pixtral-large.yaml")
+    config = AppConfig.model_validate(args)
+    tp = config.engine.tensor_parallel_size
+    cpus = sum(bundle["CPU"] for bundle in llm_bundles(config))
+    assert replicas_that_fit({"CPU": 2 * cpus, "GPU": 2 * tp + tp - 1}, llm_bundles(config)) == 2
