@@ -160,15 +160,12 @@ class PixtralServer:
         await self._engine.check_health()
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """Serve's custom autoscaling metrics: the estimated seconds of work this replica holds
-        (``serve_app.autoscaling.PendingWorkPolicy`` scales on them)."""
-        return {"pending_s": self._ledger.pending_s()}
-
-    async def load(self) -> dict[str, float]:
-        """What this replica holds: admitted requests, their estimated seconds, the engine's own count."""
+        """Serve's custom autoscaling metrics, what this replica holds: the estimated seconds of
+        work (``serve_app.autoscaling.PendingWorkPolicy`` scales on them), the requests admission
+        let in, and the engine's own count of unfinished requests."""
         return {
-            "admitted_requests": self._ledger.requests,
             "pending_s": self._ledger.pending_s(),
+            "admitted_requests": self._ledger.requests,
             "engine_requests": self._engine.unfinished_requests(),
         }
 

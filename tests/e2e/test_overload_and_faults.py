@@ -67,10 +67,11 @@ def chat(base: str, api_key: str, *, seed: int = 1, timeout: float = REQUEST_BOU
 
 
 def llm_load(app_name: str = "faults") -> dict:
-    """The LLM replica's own count of what it holds (a handle call from this test thread)."""
+    """The LLM replica's own count of what it holds, its autoscaling metrics (a handle call from this test thread)."""
     from ray import serve
 
-    return serve.get_deployment_handle("PixtralServer", app_name=app_name).load.remote().result(timeout_s=30)
+    handle = serve.get_deployment_handle("PixtralServer", app_name=app_name)
+    return handle.record_autoscaling_stats.remote().result(timeout_s=30)
 
 
 def wait_until_idle(app_name: str = "faults", bound_s: float = 60) -> dict:

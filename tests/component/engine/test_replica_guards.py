@@ -96,12 +96,12 @@ def test_admission_refuses_past_the_limit_and_a_closed_stream_frees_its_work():
         long = server.generate(MESSAGES, [], limit(100), "a")  # 100 tokens at 10/s: 10 s held
         engine.steps.put_nowait(None)
         await long.__anext__()
-        assert (await server.load())["pending_s"] == pytest.approx(9.9)
+        assert server.record_autoscaling_stats()["pending_s"] == pytest.approx(9.9)
         with pytest.raises(ServerOverloadedError) as refused:
             await server.generate(MESSAGES, [], limit(1), "b").__anext__()
         assert 0.75 * 4.9 <= refused.value.retry_after_s <= 1.25 * 4.9 + 1  # the 4.9 s excess, jittered
         await long.aclose()  # the client went away
-        load = await server.load()
+        load = server.record_autoscaling_stats()
         assert load == {"admitted_requests": 0, "pending_s": 0, "engine_requests": 0}
         engine.steps.put_nowait(None)
         assert (await server.generate(MESSAGES, [], limit(1), "c").__anext__()).finish_reason == "length"
@@ -151,7 +151,7 @@ def test_a_stalled_engine_ends_its_requests_with_503_frees_the_ledger_and_ends_t
         stream = server.generate(MESSAGES, [], limit(100), "a")
         engine.steps.put_nowait(None)
         await stream.__anext__()
-        assert (await server.load())["admitted_requests"] == 1
+        assert server.record_autoscaling_stats()["admitted_requests"] == 1
         started = asyncio.get_running_loop().time()
         # The engine is alive (check_health passes) but yields nothing more.
         with pytest.raises(EngineOverloadedError) as stalled:
@@ -159,7 +159,8 @@ def test_a_stalled_engine_ends_its_requests_with_503_frees_the_ledger_and_ends_t
         waited = asyncio.get_running_loop().time() - started
         assert 0.4 < waited < 1.5, waited
         assert stalled.value.status_code == 503 and stalled.value.headers()["Retry-After"] == "5"
-        assert (await server.load())["admitted_requests"] == 0 and (await server.load())["pending_s"] == 0
+        held = server.record_autoscaling_stats()
+        assert held["admitted_requests"] == 0 and held["pending_s"] == 0
         with pytest.raises(EngineOverloadedError, match="stalled"):
             await server.check_health()
         with pytest.raises(EngineOverloadedError):
