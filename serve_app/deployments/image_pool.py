@@ -47,19 +47,22 @@ class PooledImage:
         return cls(image.content_id, image.width, image.height, ray.put(image))
 
 
-async def resolve_pooled(images: list[PooledImage], timeout_s: float) -> list[PreparedImage]:
-    """The prepared images behind the records; ``ImagesLostError`` (503, retried once by the
-    ingress) when their owner is gone (the pool replica ended: scale-down, crash) or they do not
-    arrive within ``timeout_s``."""
-    if not images:
-        return []
+async def resolve_pooled(images: list[PooledImage | PreparedImage], timeout_s: float) -> list[PreparedImage]:
+    """The prepared images behind the records (images sent by value pass as they are);
+    ``ImagesLostError`` (503; the ingress retries once, by value) when Ray no longer has them
+    (the pool replica ended: scale-down, crash; or its reference counting freed them early) or
+    they do not arrive within ``timeout_s``."""
+    refs = [image.prepared for image in images if isinstance(image, PooledImage)]
+    if not refs:
+        return list(images)
     try:
-        return list(await asyncio.wait_for(asyncio.gather(*(image.prepared for image in images)), timeout_s))
+        resolved = iter(await asyncio.wait_for(asyncio.gather(*refs), timeout_s))
     except (ObjectLostError, asyncio.TimeoutError) as exc:
         raise ImagesLostError(
             f"the image pool replica that prepared this request's images is gone ({type(exc).__name__}); "
             "retry the request"
         ) from None
+    return [next(resolved) if isinstance(image, PooledImage) else image for image in images]
 
 
 @serve.deployment(name=IMAGE_POOL)
@@ -80,7 +83,11 @@ class ImagePool:
             "pixtral_images", description="Images handled, by outcome.", tag_keys=("outcome",)
         )
 
-    async def prepare(self, url: str, request_id: str | None = None) -> PooledImage:
+    async def prepare(
+        self, url: str, request_id: str | None = None, by_value: bool = False
+    ) -> PooledImage | PreparedImage:
+        """The image of ``url`` decoded and resized: a record of its pixels in this replica's object
+        store, or (``by_value``, the ingress's retry after ``ImagesLostError``) the pixels themselves."""
         started = time.perf_counter()
         try:
             image = await self._loader.load(url, request_id)
@@ -94,7 +101,7 @@ class ImagePool:
             self._bytes.inc(image.source_bytes)
             self._fetch_s.observe(image.timings.get("fetch_s", 0.0))
             self._decode_s.observe(image.timings.get("decode_s", time.perf_counter() - started))
-        return PooledImage.put(image)
+        return image if by_value else PooledImage.put(image)
 
     async def __del__(self) -> None:
         await self._loader.aclose()

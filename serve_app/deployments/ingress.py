@@ -190,8 +190,10 @@ class OpenAIIngress:
         try:
             return await self._answer(request_id, chat, images, clock)
         except ImagesLostError:
-            # The pool replica holding the pixels ended before the LLM read them: once more.
-            images = await self._prepare_images(chat, request_id)
+            # Ray no longer had the pixels when the LLM read them: their pool replica ended, or
+            # (one H100, 2026-12-06, 512 requests at two replicas) requests handed on after an
+            # admission refusal found them freed. Once more, the pixels this time by value.
+            images = await self._prepare_images(chat, request_id, by_value=True)
             return await self._answer(request_id, chat, images, clock)
 
     async def _answer(self, request_id: str, chat: ChatCompletionRequest, images: list[Any], clock: StageClock):
@@ -298,14 +300,16 @@ class OpenAIIngress:
         chat.check_limits(self._config.chat_fields, max_tokens_limit=self._config.max_tokens_limit)
         return chat
 
-    async def _prepare_images(self, chat: ChatCompletionRequest, request_id: str) -> list[Any]:
+    async def _prepare_images(
+        self, chat: ChatCompletionRequest, request_id: str, by_value: bool = False
+    ) -> list[Any]:
         urls = chat.image_urls()
         if not urls:  # text only: no pool call at all
             return []
         limit = self._config.engine.max_images_per_prompt
         if len(urls) > limit:
             raise TooManyImagesError(f"{len(urls)} images given; this model takes at most {limit} per request")
-        calls = [self._pool.prepare.remote(url, request_id) for url, _ in urls]
+        calls = [self._pool.prepare.remote(url, request_id, by_value) for url, _ in urls]
 
         async def one(index: int, call: Any, url: str, param: str) -> Any:
             try:
@@ -315,7 +319,7 @@ class OpenAIIngress:
                     if not isinstance(unwrap_cause(exc), REPLICA_GONE):
                         raise
                 # The pool replica died on it (scale-down, crash): once more, on another.
-                retry = self._pool.prepare.remote(url, request_id)
+                retry = self._pool.prepare.remote(url, request_id, by_value)
                 calls.append(retry)
                 return await retry
             except Exception as exc:

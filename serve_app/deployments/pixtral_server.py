@@ -84,7 +84,7 @@ class PixtralServer:
     async def generate(
         self,
         messages: list[dict[str, Any]],
-        pooled: list[PooledImage],
+        pooled: list[PooledImage | PreparedImage],
         request: RequestSettings,
         request_id: str,
     ) -> AsyncIterator[GenerationChunk]:

@@ -59,6 +59,17 @@ def test_the_llm_gets_the_pools_pixels_and_the_record_names_them(local_ray):
         np.testing.assert_array_equal(got, prepared(seed).pixels)
 
 
+def test_images_sent_by_value_pass_beside_records_in_their_order(local_ray):
+    """The ingress's retry after ``images_lost`` sends the pixels themselves (``by_value``)."""
+    pool, llm = Pool.remote(), Llm.remote()
+    mixed = [prepared(5), ray.get(pool.prepare.remote(6)), prepared(7)]
+    for got, seed in zip(ray.get(llm.read.remote(mixed, 30)), (5, 6, 7)):
+        np.testing.assert_array_equal(got, prepared(seed).pixels)
+    assert [np.array(image.pixels).sum() for image in asyncio.run(resolve_pooled([prepared(8)], 0.1))] == [
+        prepared(8).pixels.sum()
+    ]
+
+
 def test_what_the_ingress_holds_for_an_image_is_a_record_not_its_pixels(local_ray):
     """The pool's answer passes through the ingress: a few hundred bytes, whatever the image's
     size (1.5 MiB of pixels here); the pixels stay in the pool's object store for the LLM."""
