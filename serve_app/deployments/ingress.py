@@ -193,6 +193,7 @@ class OpenAIIngress:
             # Ray no longer had the pixels when the LLM read them: their pool replica ended, or
             # (one H100, 2026-12-06, 512 requests at two replicas) requests handed on after an
             # admission refusal found them freed. Once more, the pixels this time by value.
+            logger.warning("request %s: its pixels were lost before the LLM read them; retrying by value", request_id)
             images = await self._prepare_images(chat, request_id, by_value=True)
             return await self._answer(request_id, chat, images, clock)
 
