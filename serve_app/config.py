@@ -358,8 +358,9 @@ class LLMDeploymentConfig(DeploymentConfig):
         "fractional GPUs); engine.gpu_memory_utilization must then fit within the share (e.g. 0.42 "
         "each). Below 1 with tensor_parallel_size > 1 is an error. Measured on one H100 with vLLM 0.25.1: "
         "two engines starting together count each other's weights in their memory profiling and fail "
-        "(bench/results/2026-12-05-h100-fractional.md); engine.extra.kv_cache_memory_bytes skips that "
-        "profiling (untried there).",
+        "(bench/results/2026-12-05-h100-fractional.md); with engine.extra.kv_cache_memory_bytes, which "
+        "skips that profiling, both started (2026-12-06-h100-fractional.md). llm.admission's rates are an "
+        "engine's: with two engines busy on one GPU each clears about half a whole GPU's.",
     )
     placement_strategy: Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"] = Field(
         "STRICT_PACK", description="Placement group strategy for the replica's bundles."
