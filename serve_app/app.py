@@ -21,6 +21,8 @@ from serve_app.deployments.pixtral_server import EngineFactory, PixtralServer, v
 from serve_app.engine.prompt import image_grid_of
 from serve_app.routing.policy import RoutingPolicy, router_config
 
+logger = logging.getLogger(__name__)
+
 
 def _common_options(deployment: DeploymentConfig) -> dict[str, Any]:
     """Serve's own levers: bounded queues with 429 back-pressure, autoscaling, graceful drain."""
@@ -63,9 +65,6 @@ def llm_options(config: AppConfig) -> dict[str, Any]:
     return options
 
 
-logger = logging.getLogger(__name__)
-
-
 def llm_bundles(config: AppConfig) -> list[dict[str, float]]:
     """What one LLM replica takes from the cluster: its placement bundles, or its CPUs."""
     llm = config.llm
@@ -76,13 +75,14 @@ def llm_bundles(config: AppConfig) -> list[dict[str, float]]:
 
 def replicas_beyond_cluster(config: AppConfig, cluster: dict[str, float]) -> str | None:
     """A warning when ``llm.autoscaling.max_replicas`` asks for more than ``cluster`` holds."""
-    fit = replicas_that_fit(cluster, llm_bundles(config))
+    bundles = llm_bundles(config)
+    fit = replicas_that_fit(cluster, bundles)
     wanted = config.llm.autoscaling.max_replicas
     if fit >= wanted:
         return None
     return (
         f"llm.autoscaling.max_replicas is {wanted}, but the cluster's resources hold {fit} LLM replica(s) "
-        f"now ({llm_bundles(config)} each). Unless the cluster adds nodes, replicas beyond {fit} never start, "
+        f"now ({bundles} each). Unless the cluster adds nodes, replicas beyond {fit} never start, "
         f"and a redeploy after a burst that asked for them waits for llm.autoscaling.downscale_delay_s "
         f"({config.llm.autoscaling.downscale_delay_s:g} s) before it replaces the running replicas: set "
         f"max_replicas to at most {fit} on a cluster that cannot grow."
