@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import types
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +114,64 @@ def test_the_replica_header_is_off_unless_the_config_turns_it_on():
     assert _replica_header(first, IngressConfig().replica_header) == {}
     assert _replica_header(first, True) == {"X-Pixtral-Replica": "PixtralServer#abc123"}
     assert _replica_header(SimpleNamespace(replica=None), True) == {}
+
+
+def test_pixels_lost_before_the_llm_read_them_are_sent_again_by_value():
+    """The ingress's one retry after 503 images_lost asks the pool for the pixels themselves
+    (bench/results/2026-12-06-h100-fractional.md: records of handed-on requests were freed)."""
+    import yaml
+
+    from serve_app.api.models import parse_chat_request
+    from serve_app.config import AppConfig
+    from serve_app.deployments.ingress import OpenAIIngress
+    from serve_app.errors import ImagesLostError
+
+    class Call:
+        def __init__(self, result):
+            self.result = result
+
+        def __await__(self):
+            return asyncio.sleep(0, self.result).__await__()
+
+        def cancel(self):
+            pass
+
+    class Pool:
+        def __init__(self):
+            self.asked = []
+            self.prepare = self
+
+        def remote(self, url, request_id, by_value):
+            self.asked.append(by_value)
+            return Call(("pixels" if by_value else "record", url))
+
+    answered = []
+
+    async def answer(request_id, chat, images, clock):
+        answered.append(images)
+        if len(answered) == 1:
+            raise ImagesLostError("the image pool replica that prepared this request's images is gone")
+        return "answer"
+
+    url = "data:image/png;base64,AAAA"
+    chat = parse_chat_request(json.dumps({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}]}]}).encode())
+
+    async def parse(request, hold, clock):
+        return chat
+
+    # The deployment's own methods on a stand-in self (an instance of Serve's ASGI wrapper would
+    # leave its async __del__ unawaited).
+    cls = OpenAIIngress.func_or_class
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "config.cpu.yaml").read_text())
+    args = config["applications"][0]["args"]
+    ingress = types.SimpleNamespace(_config=AppConfig.model_validate(args), _pool=Pool(), _answer=answer, _parse=parse)
+    ingress._prepare_images = functools.partial(cls._prepare_images, ingress)
+    assert asyncio.run(cls._complete(ingress, None, "req-1", None, StageClockStub())) == "answer"
+    assert ingress._pool.asked == [False, True]
+    assert answered == [[("record", url)], [("pixels", url)]]
+
+
+class StageClockStub:
+    def mark(self, stage: str) -> None:
+        pass
