@@ -241,6 +241,14 @@ class ImagePoolConfig(DeploymentConfig):
     graceful_shutdown_timeout_s: float = Field(
         60.0, ge=0, description="On scale-down, how long a pool replica finishes the images it holds."
     )
+    pixels_by_reference: bool = Field(
+        True,
+        description="The pool keeps each prepared image in its object store and the ingress passes a record "
+        "to the LLM replica, which reads the pixels itself (the ingress never holds them; "
+        "bench/results/2026-12-06-cpu-pixels-by-reference.md). false: the pixels go through the ingress by "
+        "value, as the ingress's retry after 503 images_lost always sends them (lost records were seen once, "
+        "under overload on an H100: bench/results/2026-12-06-h100-fractional.md).",
+    )
 
 
 class EngineConfig(_Strict):

@@ -185,7 +185,7 @@ class OpenAIIngress:
     async def _complete(self, request: Request, request_id: str, hold: BodyHold, clock: StageClock):
         chat = await self._parse(request, hold, clock)
         clock.mark("parse")
-        images = await self._prepare_images(chat, request_id)
+        images = await self._prepare_images(chat, request_id, by_value=not self._config.image_pool.pixels_by_reference)
         clock.mark("images")
         try:
             return await self._answer(request_id, chat, images, clock)

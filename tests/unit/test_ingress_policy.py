@@ -171,6 +171,12 @@ def test_pixels_lost_before_the_llm_read_them_are_sent_again_by_value():
     assert ingress._pool.asked == [False, True]
     assert answered == [[("record", url)], [("pixels", url)]]
 
+    # image_pool.pixels_by_reference: false sends the pixels by value from the first attempt.
+    args["image_pool"] = {**args.get("image_pool", {}), "pixels_by_reference": False}
+    ingress._config, ingress._pool, answered[:] = AppConfig.model_validate(args), Pool(), [None]
+    assert asyncio.run(cls._complete(ingress, None, "req-2", None, StageClockStub())) == "answer"
+    assert ingress._pool.asked == [True] and answered == [None, [("pixels", url)]]
+
 
 class StageClockStub:
     def mark(self, stage: str) -> None:
