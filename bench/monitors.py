@@ -20,7 +20,8 @@ _PROGRAMS = (("vllm.entrypoints", "vllm-serve-main"), ("raylet", "raylet"), ("gc
 
 
 def process_group(cmdline: list[str], name: str) -> str:
-    """Ray's/vLLM's process title (ray::ServeReplica:pixtral:PixtralServer, VLLM::EngineCore), else the program.
+    """Ray's/vLLM's process title (ray::ServeReplica:pixtral:PixtralServer, VLLM::EngineCore), else the
+    program.
     Without the method an actor runs: Ray titles it ``ray::Class.method`` meanwhile, so a busy replica
     would not be found by its title (reliability's faults) and its CPU would count as another group."""
     first = cmdline[0] if cmdline else name

@@ -35,6 +35,14 @@ def _common_options(deployment: DeploymentConfig) -> dict[str, Any]:
     }
 
 
+def llm_bundles(config: AppConfig) -> list[dict[str, float]]:
+    """What one LLM replica takes from the cluster: its placement bundles, or its CPUs."""
+    llm = config.llm
+    if llm.accelerator == "gpu":
+        return llm.placement_bundles(config.engine.tensor_parallel_size)
+    return [{"CPU": llm.num_cpus}]
+
+
 def llm_options(config: AppConfig) -> dict[str, Any]:
     llm = config.llm
     actor: dict[str, Any] = {"num_cpus": llm.num_cpus}
@@ -60,17 +68,9 @@ def llm_options(config: AppConfig) -> dict[str, Any]:
         # With TP 1 the engine runs in the replica and needs its GPU (or its share of one); with
         # TP > 1 vLLM's Ray workers take the GPUs of the replica's placement group.
         actor["num_gpus"] = llm.gpus_per_replica if tp == 1 else 0
-        options["placement_group_bundles"] = llm.placement_bundles(tp)
+        options["placement_group_bundles"] = llm_bundles(config)
         options["placement_group_strategy"] = llm.placement_strategy
     return options
-
-
-def llm_bundles(config: AppConfig) -> list[dict[str, float]]:
-    """What one LLM replica takes from the cluster: its placement bundles, or its CPUs."""
-    llm = config.llm
-    if llm.accelerator == "gpu":
-        return llm.placement_bundles(config.engine.tensor_parallel_size)
-    return [{"CPU": llm.num_cpus}]
 
 
 def replicas_beyond_cluster(config: AppConfig, cluster: dict[str, float]) -> str | None:

@@ -412,9 +412,9 @@ class LLMDeploymentConfig(DeploymentConfig):
         30.0,
         gt=0,
         description="Deadline for an LLM replica to read a request's pixels from the image pool's "
-        "object store (they come by reference, not through the ingress); past it, or at once when the "
-        "pool replica that holds them has ended, the ingress prepares the images once more, then answers "
-        "503 images_lost + Retry-After.",
+        "object store (they come by reference, not through the ingress); past it, or at once when Ray "
+        "no longer has them, the ingress prepares the images once more and sends them by value, then "
+        "answers 503 images_lost + Retry-After.",
     )
     engine_start_timeout_s: float = Field(
         1800.0,

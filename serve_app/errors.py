@@ -29,8 +29,8 @@ decides an HTTP status.
     │                                          Serve's proxy answers for the app)
     └── EngineError                        500 (the engine failed this request)
         ├── EngineOverloadedError          503 (engine restarting, replica unavailable)
-        └── ImagesLostError                503 images_lost (the pool replica holding the request's
-                                               pixels ended; the ingress prepares them once more)
+        └── ImagesLostError                503 images_lost (Ray no longer has the request's pixels;
+                                               the ingress prepares them once more, by value)
 
 429s and 503s carry ``retry_after_s``; the ingress sends it as ``Retry-After``.
 The classes pickle by their keyword arguments so that they survive a Ray
@@ -211,9 +211,9 @@ class EngineOverloadedError(EngineError):
 
 
 class ImagesLostError(EngineError):
-    """The pixels an image pool replica prepared for this request are gone with that replica
-    (scale-down, crash) before the LLM replica read them; sending the request again prepares them
-    anew."""
+    """The pixels an image pool replica prepared for this request are gone before the LLM replica
+    read them (that pool replica ended, or Ray's reference counting freed them early); the ingress
+    prepares them once more and sends them by value, and a client's own retry prepares them anew."""
 
     status_code = 503
     default_code = "images_lost"

@@ -36,10 +36,9 @@ def plan(spec: dict, name: str) -> tuple[list[load.Conversation], list[load.Conv
 def run_workload(bench, system: systems.System, name: str) -> dict:
     spec, wl = bench.spec, bench.spec["workloads"][name]
     warm, convs = plan(spec, name)
-    # client_port (of the system, or of the workload for our systems): send the load elsewhere than
-    # Serve's proxy, e.g. to the first ingress replica's own port under direct ingress, 30000
-    port = wl.get("client_port") if system.system["kind"] == "ours" else None
-    url = f"http://127.0.0.1:{port or system.system.get('client_port', systems.PORT)}"
+    # client_port (of the workload, which run_system gives our systems only, or of the system): send the
+    # load elsewhere than Serve's proxy, e.g. to the first ingress replica's own port under direct ingress
+    url = f"http://127.0.0.1:{wl.get('client_port') or system.system.get('client_port', systems.PORT)}"
     limit = max(30.0, min(600.0, bench.left_s() - 20))
     kw = dict(concurrency=wl["concurrency"], request=spec["request"], api_key=systems.API_KEY, timeout_s=limit,
               extra_body=wl.get("body"))
