@@ -98,7 +98,13 @@ class Bench:
         """Start ``system`` and wait (bounded) until it answers a chat; seconds, or None (its log tail saved)."""
         record = self.result["systems"][system.name]
         record["effective_config"] = None if system.system["kind"] == "vllm" else system.app_config(overrides)
-        system.start(overrides)
+        try:
+            system.start(overrides)
+        except systems.InvalidConfig as exc:
+            record["status"] = f"did not serve: invalid config: {exc}"
+            self.log(f"{system.name}: {record['status']}")
+            self.save()
+            return None
         record["command"] = system.started
         limit = min(float(system.system.get("start_timeout_s", limit_s or 420)), self.left_s() - 60)
         ready = system.wait_ready(limit, self.images)

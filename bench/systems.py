@@ -28,6 +28,14 @@ URL = f"http://127.0.0.1:{PORT}"
 DASHBOARD = "http://127.0.0.1:8265"  # the Ray dashboard of `serve run`'s local Ray: Serve's REST API, state API
 
 
+VALIDATE = ("import sys, yaml; from serve_app.config import AppConfig; "
+            "AppConfig.model_validate(yaml.safe_load(open(sys.argv[1]))['applications'][0]['args'])")
+
+
+class InvalidConfig(ValueError):
+    """Our app's config, as a system of the spec would run it, does not validate."""
+
+
 def set_dotted(args: dict, key: str, value) -> None:
     """``args["a"]["b"] = value`` for ``key`` "a.b", making the parents that are missing."""
     *parents, leaf = key.split(".")
@@ -159,6 +167,12 @@ class System:
         config = self.work / f"{self.name}-config.yaml"
         config.write_text(yaml.safe_dump(self.app_config(overrides), sort_keys=False))
         env.update(shipped_ray_env(), PIXTRAL_SERVE_API_KEYS=API_KEY, **self.system.get("env", {}))
+        # app_root's own AppConfig first: a wrong override fails here in a second, where `serve run`
+        # retries the app's build for minutes (seen: 8 min to a start timeout)
+        check = subprocess.run([sys.executable, "-c", VALIDATE, str(config)], env=env, cwd=str(self.app_root),
+                               capture_output=True, text=True, timeout=120)
+        if check.returncode:
+            raise InvalidConfig(" ".join(check.stderr.partition("ValidationError: ")[2].split()) or check.stderr[-600:])
         return [sys.executable, "-m", "ray.serve.scripts", "run", str(config)], env  # = `serve run CONFIG`
 
     def start(self, overrides: dict | None = None) -> None:

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from serve_app.config import AppConfig
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 import load  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
+import systems  # noqa: E402
 
 SPECS = sorted(p.relative_to(REPO) for p in (REPO / "bench").rglob("*.yaml") if not p.name.startswith("config."))
 
@@ -29,6 +32,28 @@ def test_every_spec_loads_and_names_a_scenario_and_its_systems(path, dry):
             assert (REPO / system["config"]).exists()
     if scenario != "throughput":
         assert isinstance(spec[scenario], dict)
+
+
+@pytest.mark.parametrize("path", SPECS, ids=str)
+@pytest.mark.parametrize("dry", [False, True])
+def test_every_ours_system_of_every_spec_runs_a_config_the_app_accepts(path, dry, tmp_path):
+    """A misspelt override would otherwise be found on the GPU machine, after a start."""
+    spec = run.load_spec(REPO / path, dry=dry)
+    for name, system in spec["systems"].items():
+        if system["kind"] == "ours":
+            args = systems.System(name, system, spec.get("model"), tmp_path).app_config()["applications"][0]["args"]
+            AppConfig.model_validate(args)
+
+
+def test_a_config_the_app_refuses_stops_the_start_before_serve_run(tmp_path):
+    system = systems.System("bad", {"kind": "ours", "config": "config.yaml", "overrides": {"ingress.bogus": 1}},
+                            None, tmp_path)
+    try:
+        with pytest.raises(systems.InvalidConfig, match="ingress.bogus"):
+            system.start()
+        assert system.proc is None
+    finally:
+        system.stop()  # without the check, `serve run` would be running now
 
 
 def test_dry_run_swaps_in_the_tiny_model_and_keeps_the_base_workloads():
