@@ -64,12 +64,17 @@ def throughput_markdown(data: dict, png_name: str) -> str:
                 cells.append(r.get("skipped", "–"))
                 continue
             extra = f", turns 2+: {r['ttft_p50_later_turns_s']} s" if r.get("ttft_p50_later_turns_s") is not None else ""
+            if r.get("ttft_p50_after_first_wave_s") is not None and not extra:
+                extra = f", after the first wave: {r['ttft_p50_after_first_wave_s']} s"
             err = f", **{r['errors']} errors**" if r["errors"] else ""
             cells.append(f"{r['req_per_s']:.2f} ({r['ttft_p50_s']} s{extra}){err}")
         ours = systems.get(spec.get("ours", OURS), {}).get("workloads", {}).get(wl, {}).get("req_per_s")
         peer, best = best_peer(systems, wl)
         ratio = f"{ours / best:.2f}x vs {peer}" if ours and best else "–"
         lines.append(f"| {wl} | " + " | ".join(cells) + f" | {ratio} |")
+    if any("ttft_p50_after_first_wave_s" in r for s in systems.values() for r in s["workloads"].values()):
+        lines += ["", "After the first wave: TTFT p50 of the requests sent after the first `concurrency` ones, "
+                  "which all start at once and queue behind each other's prefill."]
     lines += stage_table(systems, spec) + ["", f"![req/s per workload, relative to the best peer]({png_name})"]
     groups: dict[str, dict[str, float]] = {}
     for n in names:

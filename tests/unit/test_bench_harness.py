@@ -1,6 +1,7 @@
 """bench/'s pure parts: specs as run, the one percentile, the image generator, and report.py
 regenerating stored results (every line it writes stands, in order, in the committed report)."""
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -127,3 +128,35 @@ def test_ramp_reads_the_four_moments_and_the_stopped_replica_from_status_and_rec
     seen = ramp.replicas_seen(records, events)
     assert seen["replicas"]["b"] == {"requests": 2, "first_end_s": 12.0, "last_end_s": 24.0}
     assert seen["stopped"] == {"replica": "b", "in_flight_at_stop": 1, "in_flight_ok": 1, "last_finished_s": 24.0}
+
+
+def test_ttft_after_the_first_wave_leaves_out_the_requests_that_started_at_once(tmp_path):
+    """A stand-in server (aiohttp, loopback) makes the first wave's first token late, the rest's prompt."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    seen = []
+
+    async def chat(request):
+        seen.append(await request.json())
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await asyncio.sleep(0.3 if len(seen) <= 4 else 0.0)  # the first four arrive together
+        for event in ({"choices": [{"delta": {"content": "ok"}}]}, {"choices": [], "usage": {"completion_tokens": 1}}):
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async def measure():
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        async with TestServer(app, host="127.0.0.1") as server:
+            convs = load.conversations({"kind": "single", "requests": 8}, 0)
+            return await load.run_conversations(str(server.make_url("")).rstrip("/"), "m", convs,
+                                                load.ImageStore(tmp_path), concurrency=4,
+                                                request={"max_tokens": 1, "ignore_eos": True}, api_key="k",
+                                                timeout_s=30)
+
+    r = asyncio.run(measure())
+    assert r["ok"] == 8 and len(seen) == 8
+    assert r["ttft_p50_after_first_wave_s"] < 0.2 <= r["ttft_p50_s"]
