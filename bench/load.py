@@ -291,7 +291,7 @@ async def run_conversations(url: str, model: str, convs: list[Conversation], ima
         "out_tokens_mean": round(sum(r["out"] for r in ok) / len(ok), 1) if ok else None,
         "e2e_p50_s": percentile([r["e2e"] for r in ok], 50), "e2e_p99_s": percentile([r["e2e"] for r in ok], 99),
         "ttft_p50_later_turns_s": percentile(later, 50) if later else None,
-        "ttft_p50_after_first_wave_s": percentile(steady, 50),  # first turns sent after the first wave's
+        "ttft_p50_after_first_wave_s": percentile(steady, 50),  # of the first turns sent after the first wave
         "cached_tokens_mean_later_turns": round(sum(cached) / len(cached), 1) if cached else None,
         "stages_p50_ms": stages_p50_ms(ok),
         "error_statuses": dict(Counter(str(r["status"]) for r in errs)) or None,
