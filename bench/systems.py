@@ -167,16 +167,21 @@ class System:
         config = self.work / f"{self.name}-config.yaml"
         config.write_text(yaml.safe_dump(self.app_config(overrides), sort_keys=False))
         env.update(shipped_ray_env(), PIXTRAL_SERVE_API_KEYS=API_KEY, **self.system.get("env", {}))
-        # app_root's own AppConfig first: a wrong override fails here in a second, where `serve run`
-        # retries the app's build for minutes (seen: 8 min to a start timeout)
-        check = subprocess.run([sys.executable, "-c", VALIDATE, str(config)], env=env, cwd=str(self.app_root),
+        return [sys.executable, "-m", "ray.serve.scripts", "run", str(config)], env  # = `serve run CONFIG`
+
+    def check_config(self, config: str, env: dict) -> None:
+        """Ours: app_root's own AppConfig validates the config file ``serve run`` is about to get, so a wrong
+        override fails in a second, where `serve run` retries the app's build for minutes (seen: 8 min to a
+        start timeout)."""
+        check = subprocess.run([sys.executable, "-c", VALIDATE, config], env=env, cwd=str(self.app_root),
                                capture_output=True, text=True, timeout=120)
         if check.returncode:
             raise InvalidConfig(" ".join(check.stderr.partition("ValidationError: ")[2].split()) or check.stderr[-600:])
-        return [sys.executable, "-m", "ray.serve.scripts", "run", str(config)], env  # = `serve run CONFIG`
 
     def start(self, overrides: dict | None = None) -> None:
         cmd, env = self.command(overrides)
+        if self.system["kind"] == "ours":  # ray-llm's config is ray.serve.llm's, not ours
+            self.check_config(cmd[-1], env)
         with open(self.log, "ab") as logfile:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=env, cwd=str(self.app_root), start_new_session=True)

@@ -57,6 +57,18 @@ def test_a_config_the_app_refuses_stops_the_start_before_serve_run(tmp_path):
         system.stop()  # without the check, `serve run` would be running now
 
 
+def test_a_ray_serve_llm_system_is_started_without_our_config_check(tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "params.json").write_text("{}")
+    started = []
+    monkeypatch.setattr(systems.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))  # nothing runs
+    system = systems.System("peer", {"kind": "ray-llm"}, {"path": str(model), "served_name": "m", "max_model_len": 8,
+                                                           "max_images_per_prompt": 1}, tmp_path)
+    system.start()
+    assert len(started) == 1 and started[0][-2:] == ["run", str(tmp_path / "peer-config.yaml")]
+
+
 def test_dry_run_swaps_in_the_tiny_model_and_keeps_the_base_workloads():
     spec = run.load_spec(REPO / "bench/gpu/fractional.yaml", dry=True, sets=["dry_scale=1"], only_workloads=["chat"])
     assert spec["model"]["path"] == ".cache/tiny-pixtral-12b" and spec["model"]["served_name"] == "pixtral"
