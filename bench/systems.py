@@ -55,7 +55,8 @@ def shipped_ray_env() -> dict[str, str]:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
     gpu = None
     if shutil.which("nvidia-smi"):
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
@@ -97,10 +98,16 @@ def hf_view(model: Path) -> Path:
     return view
 
 
+CACHE_ENV = {"VLLM_CACHE_ROOT": "vllm", "TRITON_CACHE_DIR": "triton", "TORCHINDUCTOR_CACHE_DIR": "inductor",
+             "XDG_CACHE_HOME": "xdg"}  # where vLLM's compile cache and the kernels it builds are kept
+
+
 class System:
     """One system of a spec: ``kind`` ours (``config``, ``overrides``: dotted keys of the app args,
     ``app_root``: another checkout's serve_app), vllm (``args``) or ray-llm (``replicas``,
-    ``prefix_affinity``); ``model`` (optional) swaps in the benchmark's model and limits."""
+    ``prefix_affinity``); ``model`` (optional) swaps in the benchmark's model and limits. Any kind:
+    ``env``, and ``caches: NAME``: compile and kernel caches in a folder NAME of the run's own, so the
+    first system naming NAME starts cold and later starts with it warm (without: the machine's caches)."""
 
     def __init__(self, name: str, system: dict, model: dict | None, work: Path):
         self.name, self.system, self.model, self.work = name, system, model or {}, work
@@ -156,6 +163,9 @@ class System:
         env = {**os.environ, "RAY_ADDRESS": "local",  # the replicas import serve_app from app_root too
                "PYTHONPATH": os.pathsep.join([str(self.app_root), *filter(None, [os.environ.get("PYTHONPATH")])])}
         env.setdefault("RAY_AUTH_MODE", "disabled")
+        if self.system.get("caches"):
+            env.update({var: str(self.work / "caches" / self.system["caches"] / sub) for var, sub in CACHE_ENV.items()})
+        env.update(self.system.get("env", {}))
         if self.system["kind"] == "vllm":
             m = self.model
             return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", m["path"], "--tokenizer-mode", "mistral",
@@ -166,7 +176,7 @@ class System:
                     *m.get("vllm_args", [])], env
         config = self.work / f"{self.name}-config.yaml"
         config.write_text(yaml.safe_dump(self.app_config(overrides), sort_keys=False))
-        env.update(shipped_ray_env(), PIXTRAL_SERVE_API_KEYS=API_KEY, **self.system.get("env", {}))
+        env.update({**shipped_ray_env(), "PIXTRAL_SERVE_API_KEYS": API_KEY, **self.system.get("env", {})})
         return [sys.executable, "-m", "ray.serve.scripts", "run", str(config)], env  # = `serve run CONFIG`
 
     def check_config(self, config: str, env: dict) -> None:
@@ -243,7 +253,7 @@ def session_alive(sid: int) -> bool:
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                if os.getsid(int(d)) == sid and open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+                if os.getsid(int(d)) == sid and Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
                     return True
             except (OSError, IndexError):
                 pass

@@ -69,6 +69,32 @@ def test_a_ray_serve_llm_system_is_started_without_our_config_check(tmp_path, mo
     assert len(started) == 1 and started[0][-2:] == ["run", str(tmp_path / "peer-config.yaml")]
 
 
+def test_systems_naming_the_same_caches_share_them_and_others_start_cold(tmp_path):
+    model = {"path": "/m", "served_name": "m", "max_model_len": 8, "max_images_per_prompt": 1}
+    envs = {name: systems.System(name, {"kind": kind, "config": "config.yaml", **extra}, model, tmp_path).command()[1]
+            for name, kind, extra in [("a", "vllm", {"caches": "x"}), ("b", "vllm", {"caches": "x"}),
+                                      ("ours", "ours", {"caches": "y", "env": {"TRITON_CACHE_DIR": "/t"}}),
+                                      ("plain", "vllm", {})]}
+    assert envs["a"]["VLLM_CACHE_ROOT"] == envs["b"]["VLLM_CACHE_ROOT"] == str(tmp_path / "caches/x/vllm")
+    assert envs["ours"]["VLLM_CACHE_ROOT"] == str(tmp_path / "caches/y/vllm")
+    assert envs["ours"]["TRITON_CACHE_DIR"] == "/t"  # the system's env wins
+    assert "caches" not in envs["plain"].get("VLLM_CACHE_ROOT", "")
+
+
+def test_a_system_runs_only_the_workloads_it_names(tmp_path, monkeypatch):
+    from scenarios import throughput
+
+    spec = run.load_spec(REPO / "bench/real_traffic.yaml", only_systems=["pixtral-serve-renderer1"])
+    bench = run.Bench(spec, tmp_path / "r.json", deadline_s=600)
+    ran = []
+    monkeypatch.setattr(bench, "start", lambda system: 1.0)
+    monkeypatch.setattr(throughput, "run_workload", lambda b, s, name: ran.append(name) or {
+        "req_per_s": 1, "ttft_p50_s": 1, "errors": 0, "first_error": None})
+    monkeypatch.setattr(systems.System, "stop", lambda self: None)
+    throughput.run_system(bench, "pixtral-serve-renderer1")
+    assert ran == ["unique-1024", "photos"]
+
+
 def test_dry_run_swaps_in_the_tiny_model_and_keeps_the_base_workloads():
     spec = run.load_spec(REPO / "bench/gpu/fractional.yaml", dry=True, sets=["dry_scale=1"], only_workloads=["chat"])
     assert spec["model"]["path"] == ".cache/tiny-pixtral-12b" and spec["model"]["served_name"] == "pixtral"
