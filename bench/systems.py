@@ -98,8 +98,10 @@ def hf_view(model: Path) -> Path:
     return view
 
 
+# Where vLLM's compile cache and the kernels built at start-up are kept: FlashInfer JIT-compiles its
+# kernels (sampling among them) when its prebuilt ones are not installed, under $FLASHINFER_WORKSPACE_BASE/.cache.
 CACHE_ENV = {"VLLM_CACHE_ROOT": "vllm", "TRITON_CACHE_DIR": "triton", "TORCHINDUCTOR_CACHE_DIR": "inductor",
-             "XDG_CACHE_HOME": "xdg"}  # where vLLM's compile cache and the kernels it builds are kept
+             "XDG_CACHE_HOME": "xdg", "FLASHINFER_WORKSPACE_BASE": "flashinfer", "CUDA_CACHE_PATH": "cuda"}
 
 
 class System:

@@ -137,11 +137,11 @@ def test_secrets_only_by_reference(overlay: str) -> None:
     assert not re.search(r"(AKIA|ASIA)[A-Z0-9]{16}|hf_[A-Za-z0-9]{30,}", text)
 
 
-COMPILE_CACHE_ENV = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+COMPILE_CACHE_ENV = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE")
 
 
 def test_compile_cache_is_one_volume_shared_by_every_gpu_pod() -> None:
-    """components/compile-cache: vLLM's, Inductor's and Triton's caches on one ReadWriteMany claim."""
+    """components/compile-cache: vLLM's, Inductor's, Triton's and FlashInfer's caches on one ReadWriteMany claim."""
     objs = rendered("pixtral-12b-eks")
     rs = only(objs, "RayService")
     gpu = worker_group(rs, "gpu")["template"]
