@@ -53,13 +53,13 @@ def throughput_markdown(data: dict, png_name: str) -> str:
               "| workload | " + " | ".join(names) + " | ours / best peer |", "|---|" + "---|" * (len(names) + 1)]
     for wl in spec["workloads"]:
         if spec["workloads"][wl]["kind"] == "startup":  # seconds to the first answered chat: first start, restart
-            owner = {}  # caches name -> the first system that filled them; a later one's first start is not cold
+            caches = {n: spec["systems"].get(n, {}).get("caches", n) for n in names}
+            filled_by = {}  # caches -> the first system that filled them; a later one's first start is not cold
             for n in names:
-                owner.setdefault(spec["systems"].get(n, {}).get("caches", n), n)
-            cells = [f"{fmt(systems[n].get('ready_s'), ' s')} " + (
-                     "cold" if owner.get(spec["systems"].get(n, {}).get("caches", n)) == n else
-                     f"(caches of {owner[spec['systems'][n]['caches']]})") + ", "
-                     f"{fmt(systems[n]['workloads'].get(wl, {}).get('ready_s'), ' s')} warm" for n in names]
+                filled_by.setdefault(caches[n], n)
+            cells = [f"{fmt(systems[n].get('ready_s'), ' s')} "
+                     + ("cold" if filled_by[caches[n]] == n else f"(caches of {filled_by[caches[n]]})")
+                     + f", {fmt(systems[n]['workloads'].get(wl, {}).get('ready_s'), ' s')} warm" for n in names]
             lines.append(f"| {wl} | " + " | ".join(cells) + " | – |")
             continue
         cells = []

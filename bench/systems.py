@@ -165,10 +165,11 @@ class System:
         env = {**os.environ, "RAY_ADDRESS": "local",  # the replicas import serve_app from app_root too
                "PYTHONPATH": os.pathsep.join([str(self.app_root), *filter(None, [os.environ.get("PYTHONPATH")])])}
         env.setdefault("RAY_AUTH_MODE", "disabled")
-        if self.system.get("caches"):
-            env.update({var: str(self.work / "caches" / self.system["caches"] / sub) for var, sub in CACHE_ENV.items()})
-        env.update(self.system.get("env", {}))
+        own = {var: str(self.work / "caches" / self.system["caches"] / sub)
+               for var, sub in CACHE_ENV.items()} if self.system.get("caches") else {}
+        own.update(self.system.get("env", {}))  # the system's env last: it wins
         if self.system["kind"] == "vllm":
+            env.update(own)
             m = self.model
             return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", m["path"], "--tokenizer-mode", "mistral",
                     "--config-format", "mistral", "--load-format", m.get("load_format", "dummy"),
@@ -178,7 +179,7 @@ class System:
                     *m.get("vllm_args", [])], env
         config = self.work / f"{self.name}-config.yaml"
         config.write_text(yaml.safe_dump(self.app_config(overrides), sort_keys=False))
-        env.update({**shipped_ray_env(), "PIXTRAL_SERVE_API_KEYS": API_KEY, **self.system.get("env", {})})
+        env.update({**shipped_ray_env(), "PIXTRAL_SERVE_API_KEYS": API_KEY, **own})
         return [sys.executable, "-m", "ray.serve.scripts", "run", str(config)], env  # = `serve run CONFIG`
 
     def check_config(self, config: str, env: dict) -> None:
