@@ -234,33 +234,47 @@ class System:
             time.sleep(1)
         raise TimeoutError(f"{self.name}: not RUNNING {limit_s:.0f} s after a redeploy")
 
+    stop_rounds = ((signal.SIGINT, 30), (signal.SIGTERM, 20), (signal.SIGKILL, 10))  # (signal, seconds to wait)
+
     def stop(self) -> None:
         """SIGINT to each session's group (serve run / vllm shut down in order), then SIGTERM, SIGKILL;
-        then wait (bounded) for the GPU to be free."""
-        for sig, wait_s in ((signal.SIGINT, 30), (signal.SIGTERM, 20), (signal.SIGKILL, 10)) if self.proc else ():
+        then SIGKILL to whatever of the session is left in groups of its own (Serve's HAProxy runs in
+        its manager actor's group and outlived the others, holding port 8000); then wait (bounded)
+        for the GPU to be free."""
+        for sig, wait_s in self.stop_rounds if self.proc else ():
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 pass
             end = time.monotonic() + wait_s
-            while time.monotonic() < end and session_alive(self.proc.pid):
+            while time.monotonic() < end and session_pids(self.proc.pid):
                 self.proc.poll()
                 time.sleep(1)
+        for pid in session_pids(self.proc.pid) if self.proc else ():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + 10
+        while self.proc and time.monotonic() < end and session_pids(self.proc.pid):
+            time.sleep(0.2)
         self.proc = None
         end = time.monotonic() + 90
         while time.monotonic() < end and (gpu_mem_mib() or 0) > 2048:
             time.sleep(2)
 
 
-def session_alive(sid: int) -> bool:
+def session_pids(sid: int) -> list[int]:
+    """The live (not zombie) processes of session ``sid``."""
+    pids = []
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 if os.getsid(int(d)) == sid and Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    return True
+                    pids.append(int(d))
             except (OSError, IndexError):
                 pass
-    return False
+    return pids
 
 
 def gpu_mem_mib() -> int | None:

@@ -3,7 +3,11 @@ regenerating stored results (every line it writes stands, in order, in the commi
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,7 +133,8 @@ def test_images_are_deterministic_per_seed():
 
 
 @pytest.mark.parametrize("name", ["2026-12-02-h200-real-traffic", "2026-12-05-h100-json-one-user",
-                                  "2026-12-06-h100-real-traffic",
+                                  "2026-12-06-h100-real-traffic", "2026-12-06-h100-haproxy",
+                                  "2026-12-06-h100-haproxy-vllm-serve-api4",
                                   "2026-12-02-cpu-dry-scale-out", "2026-12-02-cpu-dry-ramp-2",
                                   "2026-11-22-cpu-preprocess"])
 def test_report_regenerates_a_stored_result(tmp_path, name):
@@ -199,3 +204,26 @@ def test_ttft_after_the_first_wave_leaves_out_the_requests_that_started_at_once(
     r = asyncio.run(measure())
     assert r["ok"] == 8 and len(seen) == 8
     assert r["ttft_p50_after_first_wave_s"] < 0.2 <= r["ttft_p50_s"]
+
+
+
+def test_stop_ends_a_process_the_session_left_in_a_group_of_its_own(tmp_path):
+    """Serve's HAProxy runs in its manager actor's process group; signals to the `serve run`
+    group missed it and it kept port 8000, so every later system failed to bind."""
+    stray = "import os, time; os.setpgid(0, 0); time.sleep(120)"
+    leader = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {stray!r}]); time.sleep(120)"
+    system = systems.System("s", {"kind": "vllm"}, None, tmp_path)
+    system.proc = subprocess.Popen([sys.executable, "-c", leader], start_new_session=True)
+    sid = system.proc.pid
+    try:
+        deadline = time.monotonic() + 30
+        groups = lambda: {os.getpgid(pid) for pid in systems.session_pids(sid)}  # noqa: E731
+        while len(groups()) < 2 and time.monotonic() < deadline:  # the stray has left the leader's group
+            time.sleep(0.1)
+        assert len(groups()) == 2
+        system.stop_rounds = ((signal.SIGINT, 2),)
+        system.stop()
+        assert systems.session_pids(sid) == []
+    finally:
+        for pid in systems.session_pids(sid):
+            os.kill(pid, signal.SIGKILL)
