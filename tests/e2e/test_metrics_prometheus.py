@@ -9,7 +9,9 @@ import pytest
 from metrics_support import send_mixed_traffic, wait_for
 
 APP = 'application="pixtral"'
-CHAT = 'route="/v1/chat/completions"'
+# Chat completions are the app's only POST route. Not route="/v1/chat/completions": Serve's Python
+# proxy labels the request's path, its HAProxy ingress the application's route prefix ("/").
+CHAT = 'method="POST"'
 EXPORT_TIMEOUT_S = 90  # Ray pushes worker metrics to its agent every few seconds
 
 # name -> (PromQL, the least it must grow by after send_mixed_traffic)
