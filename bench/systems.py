@@ -196,8 +196,7 @@ class System:
         if self.system["kind"] == "ours":  # ray-llm's config is ray.serve.llm's, not ours
             self.check_config(cmd[-1], env)
         with open(self.log, "ab") as logfile:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, cwd=str(self.app_root), start_new_session=True)
+            self.proc = spawn(cmd, logfile, env, self.app_root)
         self.started = " ".join(cmd)
 
     def alive(self) -> bool:
@@ -234,7 +233,9 @@ class System:
             time.sleep(1)
         raise TimeoutError(f"{self.name}: not RUNNING {limit_s:.0f} s after a redeploy")
 
-    stop_rounds = ((signal.SIGINT, 30), (signal.SIGTERM, 20), (signal.SIGKILL, 10))  # (signal, seconds to wait)
+    # (signal, seconds to wait). Serve's shutdown takes over 30 s with direct ingress on: each ingress replica
+    # drains for RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (30) first.
+    stop_rounds = ((signal.SIGINT, 60), (signal.SIGTERM, 20), (signal.SIGKILL, 10))
 
     def stop(self) -> None:
         """SIGINT to each session's group (serve run / vllm shut down in order), then SIGTERM, SIGKILL;
@@ -262,6 +263,15 @@ class System:
         end = time.monotonic() + 90
         while time.monotonic() < end and (gpu_mem_mib() or 0) > 2048:
             time.sleep(2)
+
+
+def spawn(cmd: list[str], logfile, env: dict, cwd: Path) -> subprocess.Popen:
+    """``cmd`` in a session of its own, with SIGINT's default action: a runner started in the background
+    (bench/gpu/detached.sh) ignores SIGINT and its children would inherit that, so `serve run` and
+    `vllm serve` never shut down on stop's SIGINT and were cut by its SIGTERM 30 s later."""
+    return subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            cwd=str(cwd), start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def session_pids(sid: int) -> list[int]:

@@ -227,3 +227,26 @@ def test_stop_ends_a_process_the_session_left_in_a_group_of_its_own(tmp_path):
     finally:
         for pid in systems.session_pids(sid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_system_started_by_a_runner_that_ignores_sigint_still_stops_on_it(tmp_path):
+    """bench/gpu/detached.sh starts the runner in the background, where SIGINT is ignored; its
+    systems must not inherit that, or stop's SIGINT never shuts `serve run` down."""
+    probe = "import signal, time; print(signal.getsignal(signal.SIGINT).__name__, flush=True); time.sleep(60)"
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with open(tmp_path / "log", "wb") as log:
+            proc = systems.spawn([sys.executable, "-c", probe], log, dict(os.environ), tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "log").read_text().strip() == "default_int_handler"
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) != 0  # KeyboardInterrupt ended it
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
