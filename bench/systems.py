@@ -240,8 +240,8 @@ class System:
     def stop(self) -> None:
         """SIGINT to each session's group (serve run / vllm shut down in order), then SIGTERM, SIGKILL;
         then SIGKILL to whatever of the session is left in groups of its own (Serve's HAProxy runs in
-        its manager actor's group and outlived the others, holding port 8000); then wait (bounded)
-        for the GPU to be free."""
+        its manager actor's group and outlives a SIGTERM to serve run's, holding port 8000); then wait
+        (bounded) for the GPU to be free."""
         for sig, wait_s in self.stop_rounds if self.proc else ():
             try:
                 os.killpg(self.proc.pid, sig)
