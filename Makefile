@@ -23,7 +23,7 @@ run: export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
 run: export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
 run: export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH := serve_app.api.proxy_errors:openai_error_bodies
 
-.PHONY: run test test-scale-out install model prometheus manifests clean
+.PHONY: run test test-scale-out test-haproxy install model prometheus manifests clean
 
 install: $(STAMP)
 
@@ -66,6 +66,10 @@ test: $(STAMP) model prometheus
 # Two tiny-model LLM replicas (cache-affinity routing); its own Ray, so its own session.
 test-scale-out: $(STAMP) model
 	$(PY) -m pytest -q -m scale_out tests/e2e
+
+# The e2e suite behind Serve's HAProxy on port 8000 (the opt-in in README, Direct ingress).
+test-haproxy: $(STAMP) model prometheus
+	RAY_SERVE_ENABLE_HA_PROXY=1 $(PY) -m pytest -q tests/e2e
 
 manifests: $(STAMP)
 	$(PY) -m tools.manifests
