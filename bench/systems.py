@@ -233,36 +233,40 @@ class System:
             time.sleep(1)
         raise TimeoutError(f"{self.name}: not RUNNING {limit_s:.0f} s after a redeploy")
 
-    # (signal, seconds to wait). Serve's shutdown takes over 30 s with direct ingress on: each ingress replica
-    # drains for RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (30) first.
-    stop_rounds = ((signal.SIGINT, 60), (signal.SIGTERM, 20), (signal.SIGKILL, 10))
+    # (signal to the session's group, seconds to wait). Serve's shutdown takes over 30 s with direct ingress
+    # on: each ingress replica drains for RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (30) first.
+    stop_rounds = ((signal.SIGINT, 60), (signal.SIGTERM, 20))
 
     def stop(self) -> None:
-        """SIGINT to each session's group (serve run / vllm shut down in order), then SIGTERM, SIGKILL;
-        then SIGKILL to whatever of the session is left in groups of its own (Serve's HAProxy runs in
-        its manager actor's group and outlives a SIGTERM to serve run's, holding port 8000); then wait
-        (bounded) for the GPU to be free."""
-        for sig, wait_s in self.stop_rounds if self.proc else ():
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            end = time.monotonic() + wait_s
-            while time.monotonic() < end and session_pids(self.proc.pid):
-                self.proc.poll()
-                time.sleep(1)
-        for pid in session_pids(self.proc.pid) if self.proc else ():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        end = time.monotonic() + 10
-        while self.proc and time.monotonic() < end and session_pids(self.proc.pid):
-            time.sleep(0.2)
+        """SIGINT to the session's group (serve run / vllm shut down in order), then SIGTERM; then SIGKILL
+        to every process left in the session, whatever its group (Serve's HAProxy runs in its manager
+        actor's group and outlives a SIGTERM to serve run's, holding port 8000); then wait (bounded) for
+        the GPU to be free."""
+        if self.proc:
+            sid = self.proc.pid
+            for sig, wait_s in self.stop_rounds:
+                self._end_session(lambda: quiet(os.killpg, sid, sig), wait_s)
+            self._end_session(lambda: [quiet(os.kill, pid, signal.SIGKILL) for pid in session_pids(sid)], 10)
         self.proc = None
         end = time.monotonic() + 90
         while time.monotonic() < end and (gpu_mem_mib() or 0) > 2048:
             time.sleep(2)
+
+    def _end_session(self, send, wait_s: float) -> None:
+        """``send`` a signal, then wait up to ``wait_s`` for the session to have no live process."""
+        send()
+        end = time.monotonic() + wait_s
+        while time.monotonic() < end and session_pids(self.proc.pid):
+            self.proc.poll()
+            time.sleep(0.2)
+
+
+def quiet(send, target: int, sig: int) -> None:
+    """``send(target, sig)`` (os.kill, os.killpg), where the target may be gone already."""
+    try:
+        send(target, sig)
+    except ProcessLookupError:
+        pass
 
 
 def spawn(cmd: list[str], logfile, env: dict, cwd: Path) -> subprocess.Popen:
