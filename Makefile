@@ -17,8 +17,9 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 # `make run`: Ray Serve's throughput mode and its gRPC message cap (see k8s/image/Dockerfile),
-# and the proxy's own 429/503 as OpenAI error bodies (serve_app/api/proxy_errors.py);
-# the e2e tests set the same for their cluster (tests/e2e/conftest.py).
+# and Serve's own 429/503 as OpenAI error bodies (serve_app/api/proxy_errors.py);
+# the e2e tests set the same for their cluster (tests/e2e/conftest.py). Not the image's HAProxy:
+# it binds its stats and metrics ports (8404, 9101) on every interface, and these serve on loopback only.
 run: export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
 run: export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
 run: export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH := serve_app.api.proxy_errors:openai_error_bodies
@@ -67,7 +68,8 @@ test: $(STAMP) model prometheus
 test-scale-out: $(STAMP) model
 	$(PY) -m pytest -q -m scale_out tests/e2e
 
-# The e2e suite behind Serve's HAProxy on port 8000 (the opt-in in README, Direct ingress).
+# The e2e suite behind Serve's HAProxy on port 8000, as the image and the cluster nodes run it
+# (README, Direct ingress); its stats and metrics ports (8404, 9101) listen on every interface.
 test-haproxy: $(STAMP) model prometheus
 	RAY_SERVE_ENABLE_HA_PROXY=1 $(PY) -m pytest -q tests/e2e
 

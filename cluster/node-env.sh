@@ -14,7 +14,10 @@ except Exception as e:
 PIXTRAL_SERVE_API_KEYS="$(_pixtral_secret pixtral-serve/api-keys)" || return 1
 export PIXTRAL_SERVE_API_KEYS
 if HF_TOKEN="$(_pixtral_secret pixtral-serve/hf-token 2>/dev/null)"; then export HF_TOKEN; else unset HF_TOKEN; fi
-# Ray Serve's throughput mode and its gRPC message cap: see k8s/image/Dockerfile.
+# Ray Serve's throughput mode, its gRPC message cap and HAProxy on port 8000: see k8s/image/Dockerfile.
+# HAProxy reaches the ingress replicas on their own ports (30000 and up) on every node: the nodes'
+# security group must allow traffic between them (Ray's default one does).
 export RAY_SERVE_THROUGHPUT_OPTIMIZED=1
 export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH=134217728
+export RAY_SERVE_ENABLE_HA_PROXY=1
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.api.proxy_errors:openai_error_bodies

@@ -88,6 +88,8 @@ def served(tiny_model, api_key, moto_endpoint, ray_metrics_port):
     from ray import serve
 
     # What production runs (k8s/image/Dockerfile): Ray Serve's throughput mode, gRPC cap raised.
+    # Not its HAProxy, which binds its stats and metrics ports on every interface (`make test-haproxy`
+    # runs this suite behind it).
     # Set after this process imported Ray Serve and before Ray starts: the cluster's processes
     # (proxy, controller, replicas) inherit it, while the test process keeps Serve's default of
     # a router loop of its own, so tests can call handles from plain threads.

@@ -3,8 +3,9 @@
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (k8s/image/Dockerfile, cluster/node-env.sh, ``make run``, the
 e2e tests) also turns on Serve's direct ingress: each ingress replica serves HTTP on a port of its
 own (30000 and up, one per replica) and the controller starts one proxy, on the head node only,
-whatever ``proxy_location`` says. The README and bench/results/2026-12-05-cpu-direct-ingress.md
-rely on this; these tests fail when a Ray upgrade changes it. No Ray is started.
+whatever ``proxy_location`` says; with ``RAY_SERVE_ENABLE_HA_PROXY=1`` (the image and the cluster
+nodes) HAProxy takes that proxy's place on port 8000. The README and
+bench/results/2026-12-05-cpu-direct-ingress.md rely on this; these tests fail when a Ray upgrade changes it. No Ray is started.
 """
 
 from __future__ import annotations
@@ -38,17 +39,18 @@ def _constants(**env: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("env", "direct"),
+    ("env", "direct", "ha_proxy"),
     [
-        ({}, False),
-        ({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, True),  # what we ship
-        ({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}, False),
+        ({}, False, False),
+        ({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, True, False),  # `make run`, the e2e tests
+        ({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}, True, True),  # the image
+        ({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}, False, False),
     ],
 )
-def test_throughput_mode_turns_direct_ingress_on(env, direct):
+def test_throughput_mode_turns_direct_ingress_on(env, direct, ha_proxy):
     got = _constants(**env)
     assert got["direct"] is direct, got
-    assert got["ha_proxy"] is False, got
+    assert got["ha_proxy"] is ha_proxy, got
     assert got["min_port"] == 30000, got
     assert got["min_draining_s"] == 30.0, got
 
@@ -70,3 +72,14 @@ def test_replica_http_server_gets_the_proxy_middlewares_and_a_port_of_its_own():
     assert "configure_http_middlewares(" in source
     assert "allocate_replica_port" in source
     assert "enable_so_reuseport=False" in source
+
+
+def test_haproxy_binds_its_stats_and_metrics_ports_on_every_interface():
+    # Why `make run` and the e2e tests (loopback only) leave HAProxy off (Makefile, tests/e2e/conftest.py),
+    # and what README's Direct ingress tells operators of the image: whatever http_options.host says.
+    from ray.serve._private import constants as c
+    from ray.serve._private.haproxy_templates import HAPROXY_CONFIG_TEMPLATE
+
+    assert "bind *:{{ config.stats_port }}" in HAPROXY_CONFIG_TEMPLATE
+    assert "bind :{{ config.metrics_port }}" in HAPROXY_CONFIG_TEMPLATE
+    assert (c.RAY_SERVE_HAPROXY_STATS_PORT, c.RAY_SERVE_HAPROXY_METRICS_PORT) == (8404, 9101)
