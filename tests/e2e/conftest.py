@@ -99,6 +99,10 @@ def served(tiny_model, api_key, moto_endpoint, ray_metrics_port):
         # Serve's proxy's own 429/503 as OpenAI error bodies (serve_app/api/proxy_errors.py).
         "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.api.proxy_errors:openai_error_bodies",
     })
+    # Tests only: an ingress replica that stops (serve.delete, a redeploy) stays open 30 s by default
+    # with direct ingress, for load balancers to deregister it; here nothing needs that long, and
+    # every deleted app otherwise costs the suite 30 s. Production keeps Serve's 30 s.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     os.environ["AWS_ACCESS_KEY_ID"] = "testing"
     os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
     os.environ["AWS_DEFAULT_REGION"] = "us-east-1"

@@ -21,17 +21,16 @@ from serve_app.errors import ImageNotFoundError
 
 
 def start_in_background(app, name: str, route_prefix: str) -> None:
-    """serve.run in a thread; a deployment that fails to start is for the test to see in
-    serve.status(), not an unhandled exception in the thread."""
+    """Deploys and returns at once: the test watches serve.status() under its own deadline. (Not
+    serve.run in a thread: a thread still waiting for its app outlives the test, and once the
+    session's Ray is shut down it blocked the test process's exit behind HAProxy.)"""
     from ray import serve
 
-    def run() -> None:
-        try:
-            serve.run(app, name=name, route_prefix=route_prefix)
-        except RuntimeError as exc:
-            print(f"{name} did not start: {str(exc)[:200]}")
-
-    threading.Thread(target=run, daemon=True).start()
+    serve.run_many(
+        [serve.RunTarget(app, name=name, route_prefix=route_prefix)],
+        wait_for_ingress_deployment_creation=False,
+        wait_for_applications_running=False,
+    )
 
 
 def stand_in_app(engine_name: str, served_model_name: str, **overrides):
