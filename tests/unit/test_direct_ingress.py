@@ -61,6 +61,13 @@ def test_direct_ingress_keeps_one_proxy_on_the_head_node():
     source = inspect.getsource(ServeController.__init__)
     assert "elif self._direct_ingress_enabled:" in source
     assert "proxy_location = ProxyLocation.HeadOnly" in source
+    # ... but not behind HAProxy, which keeps config.yaml's proxy_location (EveryNode): one per node,
+    # so every KubeRay pod's port 8000 answers its readiness probe (docs/deploy.md).
+    assert (
+        source.index("if self._ha_proxy_enabled:")
+        < source.index("elif self._direct_ingress_enabled:")
+        < source.index("proxy_location = ProxyLocation.HeadOnly")
+    )
 
 
 def test_replica_http_server_gets_the_proxy_middlewares_and_a_port_of_its_own():
