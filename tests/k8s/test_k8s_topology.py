@@ -178,8 +178,9 @@ def test_irsa_overlay_annotates_the_service_account() -> None:
 
 def test_probes_left_to_kuberay(overlay: str) -> None:
     """KubeRay injects Serve-aware readiness/liveness probes into RayService pods; ours would replace them.
-    On workers its readiness probe also checks port 8000, where nothing listens with the proxy on the head
-    only: the failing probe is what keeps workers out of the serve Service (docs/deploy.md)."""
+    On workers its readiness probe also checks port 8000: HAProxy (the image's) answers there on every pod;
+    with Serve's Python proxy on the head only, the failing probe is what keeps workers out of the serve
+    Service (docs/deploy.md)."""
     for _, template in pod_templates(only(rendered(overlay), "RayService")):
         container = _container(template)
         assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(container)
