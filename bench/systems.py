@@ -5,6 +5,7 @@ Ray Serve LLM (``serve run`` of ``ray.serve.llm:build_openai_app``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -247,6 +248,8 @@ class System:
             for sig, wait_s in self.stop_rounds:
                 self._end_session(lambda: quiet(os.killpg, sid, sig), wait_s)
             self._end_session(lambda: [quiet(os.kill, pid, signal.SIGKILL) for pid in session_pids(sid)], 10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)  # reaped here too: it may have died after the last poll
         self.proc = None
         end = time.monotonic() + 90
         while time.monotonic() < end and (gpu_mem_mib() or 0) > 2048:
