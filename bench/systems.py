@@ -249,7 +249,7 @@ class System:
                 self._end_session(lambda: quiet(os.killpg, sid, sig), wait_s)
             self._end_session(lambda: [quiet(os.kill, pid, signal.SIGKILL) for pid in session_pids(sid)], 10)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)  # reaped here too: it may have died after the last poll
+                self.proc.wait(timeout=10)  # reaped once, here: session_pids skips it as a zombie meanwhile
         self.proc = None
         end = time.monotonic() + 90
         while time.monotonic() < end and (gpu_mem_mib() or 0) > 2048:
@@ -260,7 +260,6 @@ class System:
         send()
         end = time.monotonic() + wait_s
         while time.monotonic() < end and session_pids(self.proc.pid):
-            self.proc.poll()
             time.sleep(0.2)
 
 

@@ -206,7 +206,6 @@ def test_ttft_after_the_first_wave_leaves_out_the_requests_that_started_at_once(
     assert r["ttft_p50_after_first_wave_s"] < 0.2 <= r["ttft_p50_s"]
 
 
-
 def test_stop_ends_a_process_the_session_left_in_a_group_of_its_own(tmp_path):
     """Serve's HAProxy runs in its manager actor's process group; signals to the `serve run`
     group missed it and it kept port 8000, so every later system failed to bind."""

@@ -4,8 +4,9 @@
 e2e tests) also turns on Serve's direct ingress: each ingress replica serves HTTP on a port of its
 own (30000 and up, one per replica) and the controller starts one proxy, on the head node only,
 whatever ``proxy_location`` says; with ``RAY_SERVE_ENABLE_HA_PROXY=1`` (the image and the cluster
-nodes) HAProxy takes that proxy's place on port 8000. The README and
-bench/results/2026-12-05-cpu-direct-ingress.md rely on this; these tests fail when a Ray upgrade changes it. No Ray is started.
+nodes) HAProxy takes that proxy's place on port 8000, on every node. The README and
+bench/results/2026-12-05-cpu-direct-ingress.md rely on this; these tests fail when a Ray upgrade
+changes it. No Ray is started.
 """
 
 from __future__ import annotations
