@@ -109,11 +109,14 @@ class System:
     """One system of a spec: ``kind`` ours (``config``, ``overrides``: dotted keys of the app args,
     ``app_root``: another checkout's serve_app), vllm (``args``) or ray-llm (``replicas``,
     ``prefix_affinity``); ``model`` (optional) swaps in the benchmark's model and limits. Any kind:
-    ``env``, and ``caches: NAME``: compile and kernel caches in a folder NAME of the run's own, so the
-    first system naming NAME starts cold and later starts with it warm (without: the machine's caches)."""
+    ``env``; ``model``: keys over the benchmark's (e.g. another ``load_format``); ``caches: NAME``:
+    compile and kernel caches in a folder NAME of the run's own, so the first system naming NAME starts
+    cold and later starts with it warm (without: the machine's caches); ``cold_files: FOLDER``: its
+    files leave the page cache before every start (a node that has not read the weights yet)."""
 
     def __init__(self, name: str, system: dict, model: dict | None, work: Path):
-        self.name, self.system, self.model, self.work = name, system, model or {}, work
+        self.name, self.system, self.work = name, system, work
+        self.model = {**(model or {}), **system.get("model", {})}
         self.app_root = Path(system.get("app_root", REPO)).resolve()  # whose serve_app runs (ours)
         self.proc: subprocess.Popen | None = None
         self.log = work / f"{name}.log"
@@ -196,6 +199,8 @@ class System:
         cmd, env = self.command(overrides)
         if self.system["kind"] == "ours":  # ray-llm's config is ray.serve.llm's, not ours
             self.check_config(cmd[-1], env)
+        if self.system.get("cold_files"):
+            drop_page_cache(Path(self.system["cold_files"]))
         with open(self.log, "ab") as logfile:  # the child keeps its own descriptor
             self.proc = spawn(cmd, logfile, env, self.app_root)
         self.started = " ".join(cmd)
@@ -261,6 +266,19 @@ class System:
         end = time.monotonic() + wait_s
         while time.monotonic() < end and session_pids(self.proc.pid):
             time.sleep(0.2)
+
+
+def drop_page_cache(folder: Path) -> None:
+    """The files under ``folder`` out of the page cache (written back first; no root needed), so the
+    next read comes from the disk."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def quiet(send, target: int, sig: int) -> None:

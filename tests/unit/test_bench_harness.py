@@ -85,6 +85,42 @@ def test_systems_naming_the_same_caches_share_them_and_others_start_cold(tmp_pat
     assert "caches" not in envs["plain"].get("VLLM_CACHE_ROOT", "")
 
 
+def test_a_systems_own_model_keys_replace_the_benchmarks_for_every_kind(tmp_path):
+    model = {"path": str(REPO / ".cache/tiny-pixtral-12b"), "served_name": "m", "max_model_len": 8,
+             "max_images_per_prompt": 1}
+    own = {"model": {"load_format": "runai_streamer"}, "config": "config.yaml"}
+    vllm_cmd = systems.System("v", {"kind": "vllm", **own}, model, tmp_path).command()[0]
+    assert vllm_cmd[vllm_cmd.index("--load-format") + 1] == "runai_streamer"
+    engine = systems.System("o", {"kind": "ours", **own}, model, tmp_path).app_config()["applications"][0]["args"]["engine"]
+    assert (engine["load_format"], engine["model"]) == ("runai_streamer", model["path"])
+    plain = systems.System("p", {"kind": "ours", "config": "config.yaml"}, model, tmp_path).app_config()
+    assert plain["applications"][0]["args"]["engine"]["load_format"] == "dummy"
+
+
+def test_cold_files_leave_the_page_cache_before_every_start(tmp_path, monkeypatch):
+    weights = tmp_path / "weights"
+    (weights / "sub").mkdir(parents=True)
+    for name in ("consolidated.safetensors", "sub/params.json"):
+        (weights / name).write_bytes(b"x" * 4096)
+    dropped, events = [], []
+    real_fadvise = os.posix_fadvise
+
+    def fadvise(fd, offset, length, advice):
+        dropped.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length, advice))
+        events.append("drop")
+        real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(systems.os, "posix_fadvise", fadvise)
+    monkeypatch.setattr(systems.subprocess, "Popen", lambda cmd, **kw: events.append("spawn"))  # nothing runs
+    model = {"path": "/m", "served_name": "m", "max_model_len": 8, "max_images_per_prompt": 1}
+    system = systems.System("v", {"kind": "vllm", "cold_files": str(weights)}, model, tmp_path)
+    system.start()
+    system.start()
+    want = [(str(weights / name), 0, 0, os.POSIX_FADV_DONTNEED) for name in ("consolidated.safetensors", "sub/params.json")]
+    assert dropped == want * 2
+    assert events == ["drop", "drop", "spawn"] * 2
+
+
 def test_a_system_runs_only_the_workloads_it_names(tmp_path, monkeypatch):
     from scenarios import throughput
 
