@@ -27,6 +27,9 @@ case "${1:-}" in
     # the first system's first start is a cold compile like the others', not also a cold disk.
     python3 -c 'import sys; print("\n".join(sys.path))' | grep -E 'site-packages|/tmp/site' | sort -u \
       | xargs -r -I{} find {} -type f -print0 2>/dev/null | xargs -0 -r cat > /dev/null 2>&1
+    # The kit installs without bytecode (pip --no-compile): compiled here, not by whichever system
+    # imports a package first (which would make the first system's cold start pay for the others').
+    python3 -m compileall -q -j 0 /tmp/site > /dev/null 2>&1
     setsid nohup bash -c 'python3 "$@" --out /tmp/bench/result.json > /tmp/bench/run.out 2>&1 < /dev/null;
                           echo "DONE rc=$?" >> /tmp/bench/progress.log' _ "$runner" "$@" > /dev/null 2>&1 &
     echo "started $runner, pid $!"
@@ -37,7 +40,12 @@ case "${1:-}" in
     tail -n 4 /tmp/bench/progress.log 2>/dev/null; tail -n 3 /tmp/bench/run.out
     if [ -n "${OUT:-}" ]; then
       cp /tmp/bench/result.* /tmp/bench/progress.log /tmp/bench/run.out "$OUT"/ 2>/dev/null
-      for f in /tmp/bench/work/*.log; do tail -n 200 "$f" > "$OUT/$(basename "$f" .log)-tail.txt"; done 2>/dev/null
+      # one file each (at most 8 files come back): every system's log tail, and every start's timeline
+      # (Ray, Serve, engine, weights, compile), which the tails lose
+      for f in /tmp/bench/work/*.log; do echo "== $f"; tail -n 200 "$f"; done > "$OUT/tails.txt" 2>/dev/null
+      for f in /tmp/bench/work/*.log; do echo "== $f"; grep -E \
+        "Running config|Started a local Ray|Started Serve|Initializing a V1|took|Starting vLLM" "$f" | cut -c1-240
+      done > "$OUT/timelines.txt" 2>/dev/null
     fi
     ;;
   *) echo "usage: $0 start RUNNER [args...] | poll [SECONDS]"; exit 2 ;;
