@@ -131,7 +131,8 @@ class IngressConfig(DeploymentConfig):
     server_timing: bool = Field(
         False,
         description="Answer chat requests with a Server-Timing header: milliseconds per stage up to the "
-        "first token (auth, body, parse, images, route, hop, prompt, engine, total). Off: the same stages "
+        "first token (auth, body, parse, images, route, hop, prompt, engine, total, then the engine's parts: "
+        "engine-render, -to-core, -queue, -prefill, -from-core). Off: the same stages "
         "still go to the pixtral_request_stage_seconds histogram.",
     )
     max_ongoing_requests: int = Field(512, ge=1, description="Requests one ingress replica accepts at once.")

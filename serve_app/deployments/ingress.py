@@ -271,6 +271,9 @@ class OpenAIIngress:
         stages["hop"] = max(0.0, stages.pop("llm") - sum(replica.values()))  # Ray, both ways
         stages.update(replica)
         stages["total"] = sum(clock.stages.values())
+        # the engine stage's parts, after the total they are already in
+        for name, seconds in (first.engine_stages or {}).items():
+            stages[f"engine-{name.replace('_', '-')}"] = seconds
         for name, seconds in stages.items():
             self._stage_s.observe(seconds, tags={"stage": name})
         header = format_server_timing(stages)

@@ -65,6 +65,9 @@ class GenerationChunk:
     tool_calls: list[dict[str, Any]] | None = None  # parsed calls {id, name, arguments}, on a choice's last chunk
     # Seconds the LLM replica spent per stage before it (first chunk only; serve_app.api.server_timing).
     stages: dict[str, float] | None = None
+    # The engine's own split of its part of that (first chunk only; the engine sets it): render, to_core,
+    # queue, prefill, from_core (or render and core where the engine gives no timestamps).
+    engine_stages: dict[str, float] | None = None
 
 
 class Engine(Protocol):

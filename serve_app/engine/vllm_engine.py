@@ -163,6 +163,7 @@ class VLLMEngine:
         from vllm import SamplingParams, TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
+        called = time.monotonic()
         try:
             optional: dict[str, Any] = {}
             if sampling.top_k is not None:
@@ -196,12 +197,15 @@ class VLLMEngine:
             tokens_prompt["multi_modal_uuids"] = {"image": list(prompt.image_ids)}
         try:
             rendered = await vllm_compat.render_tokens_prompt(self._engine, TokensPrompt(**tokens_prompt))
+            rendered_at = time.monotonic()
             completion_tokens = 0
             cached_tokens: int | None = None
             first = True
             async for output in self._engine.generate(rendered, params, request_id):
                 if cached_tokens is None:
                     cached_tokens = getattr(output, "num_cached_tokens", None)
+                split = engine_stages(called, rendered_at, getattr(output, "metrics", None), time.monotonic()) \
+                    if first else None
                 for choice in output.outputs:
                     completion_tokens += len(choice.token_ids)
                     # With n > 1 each choice ends on its own; with n == 1 the request's end is its end.
@@ -227,12 +231,29 @@ class VLLMEngine:
                         cached_tokens=cached_tokens,
                         index=choice.index,
                         logprobs=_openai_logprobs(choice, sampling.logprobs),
+                        engine_stages=split,
                     )
-                    first = False
+                    first, split = False, None
         except PixtralServeError:
             raise
         except Exception as exc:
             raise _classify(exc, request_id, structured=_schema_param(sampling)) from exc
+
+
+def engine_stages(called: float, rendered: float, stats: Any, first_output: float) -> dict[str, float]:
+    """Where the engine's time to its first output went, in seconds: rendering the prompt (images
+    to the model's input), the hand-over to the engine core, the wait for a scheduler step, the
+    prefill to the first token, and the way back to this process. The engine core stamps its part
+    (vLLM's request stats, kept while its stats are on) on the same monotonic clock, which all
+    processes of a host share; without them, rendering and the rest as ``core``."""
+    stages = {"render": rendered - called}
+    queued, scheduled, first_token = (getattr(stats, name, 0.0) for name in ("queued_ts", "scheduled_ts", "first_token_ts"))
+    if 0 < queued <= scheduled <= first_token <= first_output and rendered <= queued:
+        stages.update(to_core=queued - rendered, queue=scheduled - queued, prefill=first_token - scheduled,
+                      from_core=first_output - first_token)
+    else:
+        stages["core"] = first_output - rendered
+    return stages
 
 
 def _is_structured(sampling: SamplingSettings) -> bool:

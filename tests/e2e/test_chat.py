@@ -366,8 +366,13 @@ def test_server_timing_names_each_stage_to_the_first_token(served, api_key, with
     for entry in header.split(", "):
         name, dur = entry.split(";dur=")
         stages[name] = float(dur) / 1000
-    assert list(stages) == ["auth", "body", "parse", "images", "route", "hop", "prompt", "engine", "total"]
+    engine_parts = ["engine-render", "engine-to-core", "engine-queue", "engine-prefill", "engine-from-core"]
+    assert list(stages) == ["auth", "body", "parse", "images", "route", "hop", "prompt", "engine", "total",
+                            *engine_parts]
     assert all(seconds >= 0 for seconds in stages.values())
+    # the parts (vLLM's request stats) lie within the engine stage, which also holds admission and the hand-on
+    assert 0 < sum(stages[name] for name in engine_parts) <= stages["engine"] + 5e-6
+    assert stages["engine-prefill"] > 0
     ingress_side = sum(stages[name] for name in ("auth", "body", "parse", "images", "route"))
     replica_side = stages["hop"] + stages["prompt"] + stages["engine"]
     assert stages["total"] == pytest.approx(ingress_side + replica_side, abs=2e-5)  # rounding to 1 us each
