@@ -200,12 +200,12 @@ class VLLMEngine:
             rendered_at = time.monotonic()
             completion_tokens = 0
             cached_tokens: int | None = None
-            first = True
+            first, split = True, None
             async for output in self._engine.generate(rendered, params, request_id):
                 if cached_tokens is None:
                     cached_tokens = getattr(output, "num_cached_tokens", None)
-                split = engine_stages(called, rendered_at, getattr(output, "metrics", None), time.monotonic()) \
-                    if first else None
+                if first:
+                    split = engine_stages(called, rendered_at, getattr(output, "metrics", None), time.monotonic())
                 for choice in output.outputs:
                     completion_tokens += len(choice.token_ids)
                     # With n > 1 each choice ends on its own; with n == 1 the request's end is its end.
@@ -247,7 +247,9 @@ def engine_stages(called: float, rendered: float, stats: Any, first_output: floa
     (vLLM's request stats, kept while its stats are on) on the same monotonic clock, which all
     processes of a host share; without them, rendering and the rest as ``core``."""
     stages = {"render": rendered - called}
-    queued, scheduled, first_token = (getattr(stats, name, 0.0) for name in ("queued_ts", "scheduled_ts", "first_token_ts"))
+    queued, scheduled, first_token = (
+        getattr(stats, name, 0.0) for name in ("queued_ts", "scheduled_ts", "first_token_ts")
+    )
     if 0 < queued <= scheduled <= first_token <= first_output and rendered <= queued:
         stages.update(to_core=queued - rendered, queue=scheduled - queued, prefill=first_token - scheduled,
                       from_core=first_output - first_token)
