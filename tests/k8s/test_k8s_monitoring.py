@@ -139,7 +139,7 @@ def test_grafana_dashboard_panels_query_the_prometheus_datasource() -> None:
 
 def test_grafana_dashboard_covers_an_operators_questions() -> None:
     """Request rate and errors by code, TTFT and end-to-end latency, image pool stages and
-    cache, engine queue and KV cache, replicas per deployment."""
+    cache, engine queue and KV cache, replicas per deployment, a first token's stages."""
     exprs = " ".join(t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"])
     for metric in [
         "ray_serve_num_http_requests_total",
@@ -152,5 +152,6 @@ def test_grafana_dashboard_covers_an_operators_questions() -> None:
         "ray_vllm_num_requests_waiting",
         "ray_vllm_kv_cache_usage_perc",
         "ray_serve_deployment_replica_healthy",
+        "ray_pixtral_request_stage_seconds_bucket",
     ]:
         assert metric in exprs, metric
