@@ -173,6 +173,7 @@ def test_images_are_deterministic_per_seed():
                                   "2026-12-06-h100-haproxy-vllm-serve-api4", "2026-12-07-h100-first-token",
                                   "2026-12-07-h200-start-up", "2026-12-07-h200-start-up-runai",
                                   "2026-12-07-h200-start-up-vllm-weights", "2026-12-07-cpu-engine-split",
+                                  "2026-12-07-cpu-worker-niceness",
                                   "2026-12-02-cpu-dry-scale-out", "2026-12-02-cpu-dry-ramp-2",
                                   "2026-11-22-cpu-preprocess"])
 def test_report_regenerates_a_stored_result(tmp_path, name):
