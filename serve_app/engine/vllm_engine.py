@@ -200,7 +200,7 @@ class VLLMEngine:
             rendered_at = time.monotonic()
             completion_tokens = 0
             cached_tokens: int | None = None
-            first, split = True, None
+            first = True
             async for output in self._engine.generate(rendered, params, request_id):
                 if cached_tokens is None:
                     cached_tokens = getattr(output, "num_cached_tokens", None)
@@ -231,9 +231,9 @@ class VLLMEngine:
                         cached_tokens=cached_tokens,
                         index=choice.index,
                         logprobs=_openai_logprobs(choice, sampling.logprobs),
-                        engine_stages=split,
+                        engine_stages=split if first else None,
                     )
-                    first, split = False, None
+                    first = False
         except PixtralServeError:
             raise
         except Exception as exc:
