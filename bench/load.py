@@ -287,13 +287,15 @@ async def run_conversations(url: str, model: str, convs: list[Conversation], ima
         "out_tok_per_s": round(sum(r["out"] for r in ok) / wall, 1) if wall > 0 else None,
         "ttft_p50_s": percentile([r["ttft"] for r in ok], 50), "ttft_p90_s": percentile([r["ttft"] for r in ok], 90),
         "ttft_p99_s": percentile([r["ttft"] for r in ok], 99),
+        "ttft_mean_s": round(float(np.mean([r["ttft"] for r in ok])), 4) if ok else None,
         "tpot_p50_ms": percentile(tpot, 50),  # ms per output token after the first, per request
         "out_tokens_mean": round(sum(r["out"] for r in ok) / len(ok), 1) if ok else None,
         "e2e_p50_s": percentile([r["e2e"] for r in ok], 50), "e2e_p99_s": percentile([r["e2e"] for r in ok], 99),
         "ttft_p50_later_turns_s": percentile(later, 50) if later else None,
         "ttft_p50_after_first_wave_s": percentile(steady, 50),  # of the first turns sent after the first wave
         "cached_tokens_mean_later_turns": round(sum(cached) / len(cached), 1) if cached else None,
-        "stages_p50_ms": stages_p50_ms(ok),
+        "stages_p50_ms": stages_ms(ok),
+        "stages_mean_ms": stages_ms(ok, lambda xs: float(np.mean(xs))),
         "error_statuses": dict(Counter(str(r["status"]) for r in errs)) or None,
         "json_valid": sum(r["json_ok"] for r in ok) if structured else None,  # answers that parse as an object
         "replicas": dict(Counter(r["replica"] for r in ok if r.get("replica"))) or None,  # ours: per LLM replica
@@ -308,18 +310,19 @@ def parses_as_object(text: str) -> bool:
         return False
 
 
-def stages_p50_ms(ok: list[dict]) -> dict[str, float] | None:
-    """p50 of each Server-Timing stage, and of ``outside``: the client's TTFT minus the server's
-    ``total`` (proxy, HTTP, the first SSE events and the network), per request."""
+def stages_ms(ok: list[dict], stat=lambda xs: percentile(xs, 50)) -> dict[str, float] | None:
+    """``stat`` (p50; or the mean, to set beside vLLM's own sums) of each Server-Timing stage, and of
+    ``outside``: the client's TTFT minus the server's ``total`` (proxy, HTTP, the first SSE events and
+    the network), per request."""
     timed = [r for r in ok if r.get("stages")]
     if not timed:
         return None
     names = list(dict.fromkeys(name for r in timed for name in r["stages"]))
-    out = {name: percentile([r["stages"][name] for r in timed if name in r["stages"]], 50) for name in names}
+    out = {name: stat([r["stages"][name] for r in timed if name in r["stages"]]) for name in names}
     if "total" in names:
-        out["outside"] = percentile([r["ttft"] * 1000 - r["stages"]["total"] for r in timed if "total" in r["stages"]], 50)
-    out["ttft"] = percentile([r["ttft"] * 1000 for r in timed], 50)
-    return out
+        out["outside"] = stat([r["ttft"] * 1000 - r["stages"]["total"] for r in timed if "total" in r["stages"]])
+    out["ttft"] = stat([r["ttft"] * 1000 for r in timed])
+    return {k: None if v is None else round(v, 3) for k, v in out.items()}
 
 
 class ClosedLoop:

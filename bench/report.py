@@ -80,7 +80,7 @@ def throughput_markdown(data: dict, png_name: str) -> str:
     if any("ttft_p50_after_first_wave_s" in r for s in systems.values() for r in s["workloads"].values()):
         lines += ["", "After the first wave: TTFT p50 of the requests sent after the first `concurrency` ones, "
                   "which all start at once and queue behind each other's prefill."]
-    lines += stage_table(systems, spec) + ["", f"![req/s per workload, relative to the best peer]({png_name})"]
+    lines += stage_table(systems, spec) + engine_table(systems, spec) + ["", f"![req/s per workload, relative to the best peer]({png_name})"]
     groups: dict[str, dict[str, float]] = {}
     for n in names:
         cpu = (systems[n]["workloads"].get("burst-512", {}).get("cpu") or {}).get("cpu_ms_per_request", {})
@@ -118,6 +118,25 @@ def stage_table(systems: dict, spec: dict) -> list[str]:
             "`outside` = the client's TTFT minus our `total`: Serve's proxy, HTTP, the first SSE events, the network.",
             "", "| system | workload | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)] + [
         f"| {n} | {wl} | " + " | ".join(fmt(st.get(k)) for k in stages) + " |" for n, wl, st in rows]
+
+
+def engine_table(systems: dict, spec: dict) -> list[str]:
+    """The engine's part of one user's TTFT, mean ms: ours from the Server-Timing split, `vllm serve`'s
+    from its own /metrics (queue: arrival at the core to a scheduler step; prefill: that step to the
+    first token, both stamped by the engine core)."""
+    rows = []
+    for n in systems:
+        for wl, w in spec["workloads"].items():
+            r = systems[n]["workloads"].get(wl, {})
+            ours, theirs = r.get("stages_mean_ms") or {}, r.get("engine_stats_mean_ms") or {}
+            if w.get("concurrency") == 1 and (ours or theirs):
+                stats = {**ours, **theirs}
+                rows.append(f"| {n} | {wl} | {fmt(stats.get('engine-queue'))} | {fmt(stats.get('engine-prefill'))} | "
+                            f"{fmt(stats.get('engine') or stats.get('server-ttft'))} | {fmt(r['ttft_mean_s'] * 1000 if r.get('ttft_mean_s') else None)} |")
+    return ["", "## The engine's part of one user's TTFT (mean ms)", "",
+            "Ours: the Server-Timing split; `vllm serve`: its /metrics (`engine` = its server-side TTFT).", "",
+            "| system | workload | engine-queue | engine-prefill | engine | client TTFT |", "|---|---|---|---|---|---|",
+            *rows] if rows else []
 
 
 def throughput_chart(data: dict, ax) -> None:

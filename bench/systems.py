@@ -158,7 +158,7 @@ class System:
         if (REPO / app["engine"]["model"]).exists():  # a relative folder: absolute, for any working directory
             app["engine"]["model"] = str(REPO / app["engine"]["model"])
         cfg.setdefault("http_options", {})["port"] = PORT
-        set_dotted(app, "ingress.server_timing", True)  # ms per stage to the first chunk (load.stages_p50_ms)
+        set_dotted(app, "ingress.server_timing", True)  # ms per stage to the first chunk (load.stages_ms)
         set_dotted(app, "ingress.replica_header", True)  # which LLM replica answered (replicas, stickiness)
         # ours_overrides: dry run only (CPU engine settings); overrides: the system's own, then the step's.
         for key, value in {**m.get("ours_overrides", {}), **self.system.get("overrides", {}), **(overrides or {})}.items():

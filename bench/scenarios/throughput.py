@@ -47,8 +47,11 @@ def run_workload(bench, system: systems.System, name: str) -> dict:
     # CPU seconds per process group; peak RSS too if the spec asks (a sweep of every process each time)
     watch = monitors.ProcessWatch(system.sessions, interval_s=spec["request"].get("rss_sample_s"))
     gpu, watch = monitors.GpuSampler().start(), watch.start()
+    # one user on `vllm serve`: its engine's own queue and prefill times, beside our Server-Timing split
+    stats = monitors.EngineStats(url).start() if system.system["kind"] == "vllm" and wl["concurrency"] == 1 else None
     r = asyncio.run(load.run_conversations(url, system.served_name, convs, bench.images, **kw))
     r.update(gpu=gpu.stop(), cpu=watch.stop(r["ok"]), concurrency=wl["concurrency"],
+             engine_stats_mean_ms=stats.stop() if stats else None,
              warmup={k: warm_r[k] for k in ("requests", "ok", "errors", "first_error")})
     return r
 

@@ -288,3 +288,40 @@ def test_a_system_started_by_a_runner_that_ignores_sigint_still_stops_on_it(tmp_
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_engine_stats_are_vllms_histogram_means_over_the_measured_part_summed_over_api_servers():
+    import http.server
+    import threading
+
+    import monitors
+
+    def exposition(prefill_sums, count):  # two API servers' copies of vLLM's histograms
+        return "".join(
+            f"# TYPE vllm:{m} histogram\n" + "".join(
+                f'vllm:{m}_bucket{{le="+Inf",server="{i}"}} {count}\nvllm:{m}_count{{server="{i}"}} {count}\n'
+                f'vllm:{m}_sum{{server="{i}"}} {s * scale}\n' for i, s in enumerate(prefill_sums))
+            for m, scale in (("request_queue_time_seconds", 0.1), ("request_prefill_time_seconds", 1.0)))
+
+    pages = iter([exposition([1.0, 2.0], 10), exposition([1.5, 2.5], 20)])
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = next(pages).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        stats = monitors.EngineStats(f"http://127.0.0.1:{server.server_address[1]}").start()
+        # 20 more requests took 1.0 s more prefill in all: 50 ms each; a tenth of that queued
+        assert stats.stop() == {"engine-queue": 5.0, "engine-prefill": 50.0, "server-ttft": None}
+    finally:
+        server.shutdown()
+        server.server_close()
