@@ -51,8 +51,11 @@ def load_spec(path: Path, dry: bool = False, sets: list[str] = (), only_systems=
         if not sep:
             raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
         systems.set_dotted(spec, key, yaml.safe_load(value))
-    if only_systems:
-        spec["systems"] = {k: v for k, v in spec["systems"].items() if k in only_systems}
+    if only_systems:  # run in the order given
+        unknown = [name for name in only_systems if name not in spec["systems"]]
+        if unknown:
+            raise SystemExit(f"--systems: no such system in {path}: {', '.join(unknown)}")
+        spec["systems"] = {name: spec["systems"][name] for name in only_systems}
     if only_workloads:
         spec["workloads"] = {k: v for k, v in spec["workloads"].items() if k in only_workloads}
     spec["dry_run"] = dry
@@ -130,7 +133,7 @@ def main() -> int:
     ap.add_argument("spec", nargs="?", default=str(systems.BENCH / "real_traffic.yaml"))
     ap.add_argument("--spec", dest="spec_option", help="the same as the positional SPEC (older commands)")
     ap.add_argument("--out", required=True, help="result JSON; its .md (and .png), progress.log and work/ beside it")
-    ap.add_argument("--systems", nargs="*", help="only these systems")
+    ap.add_argument("--systems", nargs="*", help="only these systems, in this order")
     ap.add_argument("--workloads", nargs="*", help="only these workloads")
     ap.add_argument("--dry", action="store_true", help="CPU dry run: the spec's dry section (tiny model, fewer requests)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a dotted key of the spec")

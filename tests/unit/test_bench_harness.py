@@ -325,3 +325,10 @@ def test_engine_stats_are_vllms_histogram_means_over_the_measured_part_summed_ov
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_systems_run_in_the_order_given_and_unknown_names_are_refused():
+    spec = run.load_spec(REPO / "bench/real_traffic.yaml", only_systems=["vllm-serve-api4", "pixtral-serve"])
+    assert list(spec["systems"]) == ["vllm-serve-api4", "pixtral-serve"]
+    with pytest.raises(SystemExit, match="pixtral-srve"):
+        run.load_spec(REPO / "bench/real_traffic.yaml", only_systems=["pixtral-srve"])
