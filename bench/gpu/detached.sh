@@ -24,15 +24,12 @@ case "${1:-}" in
     unset RAY_ADDRESS
     ulimit -n "$(ulimit -Hn)" 2>/dev/null  # thousands of simultaneous client connections
     # Every installed file read once (CUDA libraries included, which an import does not load), so
-    # the first system's first start is a cold compile like the others', not also a cold disk.
-    python3 -c 'import sys; print("\n".join(sys.path))' | grep -E 'site-packages|/tmp/site' | sort -u \
-      | xargs -r -I{} find {} -type f -print0 2>/dev/null | xargs -0 -r cat > /dev/null 2>&1
-    # The CUDA toolkit's compilers and headers too: a cold start JIT-builds FlashInfer's sampling
-    # kernels with nvcc (about 2 minutes, after CUDA-graph capture), so whichever system builds first
-    # would also read the toolkit from disk.
-    for d in /usr/local/cuda/bin /usr/local/cuda/include /usr/local/cuda/nvvm /usr/local/cuda/targets; do
-      [ -d "$d" ] && find -L "$d" -type f -print0 2>/dev/null | xargs -0 -r cat > /dev/null 2>&1
-    done
+    # the first system's first start is a cold compile like the others', not also a cold disk; the CUDA
+    # toolkit's compilers and headers too, as a cold start JIT-builds FlashInfer's sampling kernels with
+    # nvcc (about 2 minutes, after CUDA-graph capture). -H: /usr/local/cuda/include may be a link.
+    { python3 -c 'import sys; print("\n".join(sys.path))' | grep -E 'site-packages|/tmp/site' | sort -u
+      ls -d /usr/local/cuda/bin /usr/local/cuda/include /usr/local/cuda/nvvm /usr/local/cuda/targets 2>/dev/null
+    } | xargs -r -I{} find -H {} -type f -print0 2>/dev/null | xargs -0 -r cat > /dev/null 2>&1
     # The kit installs without bytecode (pip --no-compile): compiled here, not by whichever system
     # imports a package first (which would make the first system's cold start pay for the others').
     python3 -m compileall -q -j 0 /tmp/site > /dev/null 2>&1
@@ -50,7 +47,7 @@ case "${1:-}" in
       # (Ray, Serve, engine, weights, compile), which the tails lose
       for f in /tmp/bench/work/*.log; do echo "== $f"; tail -n 200 "$f"; done > "$OUT/tails.txt" 2>/dev/null
       for f in /tmp/bench/work/*.log; do echo "== $f"; grep -E \
-        "Running config|Started a local Ray|Started Serve|Initializing a V1|took|Starting vLLM|Graph capturing|Kernel JIT|Compiling a graph|FlashInfer|startup complete|We must use|non-default args|Started server process|Loading weights took|Model loading took" "$f" | cut -c1-240
+        "Running config|Started a local Ray|Started Serve|Initializing a V1|took|Starting vLLM|Graph capturing|Kernel JIT|Compiling a graph|FlashInfer|startup complete|We must use|non-default args|Started server process" "$f" | cut -c1-240
       done > "$OUT/timelines.txt" 2>/dev/null
     fi
     ;;
