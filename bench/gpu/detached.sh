@@ -47,7 +47,7 @@ case "${1:-}" in
       # (Ray, Serve, engine, weights, compile), which the tails lose
       for f in /tmp/bench/work/*.log; do echo "== $f"; tail -n 200 "$f"; done > "$OUT/tails.txt" 2>/dev/null
       for f in /tmp/bench/work/*.log; do echo "== $f"; grep -E \
-        "Running config|Started a local Ray|Started Serve|Initializing a V1|took|Starting vLLM|Graph capturing|Kernel JIT|Compiling a graph|FlashInfer|startup complete|We must use|non-default args|Started server process" "$f" | cut -c1-240
+        "start-up: |Running config|Started a local Ray|Started Serve|Initializing a V1|took|Starting vLLM|Graph capturing|Kernel JIT|Compiling a graph|FlashInfer|startup complete|We must use|non-default args|Started server process" "$f" | cut -c1-240
       done > "$OUT/timelines.txt" 2>/dev/null
     fi
     ;;

@@ -21,6 +21,7 @@ from serve_app.engine.admission import PrefixCacheEstimate, WorkLedger
 from serve_app.engine.prompt import PixtralPromptBuilder
 from serve_app.engine.protocol import Engine, GenerationChunk
 from serve_app.engine.stall import StallWatch
+from serve_app.engine.start_log import StartLog
 from serve_app.engine.stream import coalesce
 from serve_app.engine.system_prompt import DefaultSystemPrompt
 from serve_app.engine.tools import forced_call_schema, with_tool_calls
@@ -63,14 +64,18 @@ def prompt_size(messages: list[dict[str, Any]], images: list[PreparedImage], gri
 @serve.deployment(name=LLM)
 class PixtralServer:
     async def __init__(self, config: AppConfig, engine_factory: EngineFactory = vllm_engine_factory):
+        start = StartLog()
+        start.mark("the LLM replica's constructor begins (Ray, Serve and serve_app imported)")
         self._config = config
         self._replica = _replica_name()
         # Everything that can fail cheaply (tokenizer, system prompt file) fails before the
         # engine loads its weights, not after, and not again on every restart.
         self._prompts = PixtralPromptBuilder(config.tokenizer_path())
         self._system_prompt = await asyncio.to_thread(DefaultSystemPrompt.from_config, config)
+        start.mark("tokenizer built")
         self._engine = engine_factory(config)
         await self._engine.start(config.llm.engine_start_timeout_s)
+        start.mark("engine ready")
         self._ledger = WorkLedger(config.llm.admission)
         self._cache_estimate = (
             PrefixCacheEstimate(self._prompts.image_tokens, self._prompts.image_end)

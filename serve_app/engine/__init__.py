@@ -10,6 +10,7 @@ __all__, __getattr__ = _lazy_exports(
         "prompt": ("MISTRAL_COMMON_DATA", "PixtralPromptBuilder", "image_grid_of"),
         "protocol": ("ChatPrompt", "Engine", "GenerationChunk", "SamplingSettings"),
         "stall": ("StallWatch",),
+        "start_log": ("StartLog",),
         "stream": ("coalesce",),
         "system_prompt": ("DefaultSystemPrompt",),
         "tools": ("forced_call_schema", "with_tool_calls"),

@@ -29,6 +29,7 @@ from typing import Any, AsyncIterator, Callable
 from serve_app.compat import vllm as vllm_compat
 from serve_app.config import EngineConfig
 from serve_app.engine.protocol import ChatPrompt, GenerationChunk, SamplingSettings
+from serve_app.engine.start_log import StartLog
 from serve_app.errors import (
     EngineError,
     EngineOverloadedError,
@@ -121,13 +122,16 @@ class VLLMEngine:
             raise EngineError(f"the engine did not start within {timeout_s} s") from None
 
     def _build(self, placement_group: Any) -> Any:
+        start = StartLog()
         from vllm import AsyncEngineArgs
 
         version = vllm_version()
+        start.mark(f"vLLM {version} imported")
         if not is_tested_vllm(version):
             logger.warning("vLLM %s is outside the tested range %s", version, TESTED_VLLM)
         args = AsyncEngineArgs(**engine_kwargs(self._config, distributed_executor_backend=self._backend))
         vllm_config = args.create_engine_config()
+        start.mark("engine config resolved (model inspected); the engine core starts")
         if placement_group is not None:
             # vLLM's workers go into the replica's own placement group (its GPU bundles).
             vllm_compat.use_placement_group(vllm_config, placement_group)

@@ -35,7 +35,8 @@ PUBLIC = {
     ],
     "serve_app.engine": [
         "ChatPrompt", "DefaultSystemPrompt", "Engine", "GenerationChunk", "MISTRAL_COMMON_DATA",
-        "PixtralPromptBuilder", "PrefixCacheEstimate", "SamplingSettings", "StallWatch", "VLLMEngine", "WorkLedger",
+        "PixtralPromptBuilder", "PrefixCacheEstimate", "SamplingSettings", "StallWatch", "StartLog", "VLLMEngine",
+        "WorkLedger",
         "coalesce", "forced_call_schema", "image_grid_of", "with_tool_calls",
     ],
     "serve_app.images": [
