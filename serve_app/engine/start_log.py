@@ -26,6 +26,7 @@ class StartLog:
     def __init__(self) -> None:
         self._origin = _process_began()
         self._logger = logging.getLogger(NAME)
+        self._logger.disabled = False  # a dictConfig since (disable_existing_loggers) does not silence it
         if not self._logger.handlers:
             handler = logging.StreamHandler(sys.__stderr__)
             handler.setFormatter(logging.Formatter("%(asctime)s start-up: %(message)s"))

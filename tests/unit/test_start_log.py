@@ -20,10 +20,11 @@ def own_stderr(monkeypatch):
     monkeypatch.setattr(sys, "__stderr__", stream)
     monkeypatch.setattr(sys, "stderr", redirected)
     log = logging.getLogger(start_log.NAME)
-    saved = log.handlers[:], log.propagate, log.level
+    saved = log.handlers[:], log.propagate, log.level, log.disabled
     log.handlers.clear()
+    log.disabled = True  # as logging.config.dictConfig leaves the loggers that exist before it
     yield stream, redirected
-    log.handlers[:], log.propagate, log.level = saved
+    log.handlers[:], log.propagate, log.level, log.disabled = saved
 
 
 def test_each_phase_is_one_line_with_the_seconds_since_the_process_began(own_stderr, monkeypatch):
