@@ -4,7 +4,10 @@
 
 Throughput runs get the per-workload table and a req/s chart; ramps their moments, windows and a
 timeline chart; the other scenarios (reliability, ingress_memory, controller_calls, tp_check,
-preprocess) a table per list of runs and the settings they ran with.
+preprocess) a table per list of runs and the settings they ran with. What a run's figures mean (the
+machine, the commit, what they show) is the JSON's ``reading`` (Markdown, its own heading, else
+"Reading it"), appended as written: ``--reading FILE.md`` puts a file there, so the report is always
+the JSON's.
 """
 
 from __future__ import annotations
@@ -283,6 +286,9 @@ def write(result: Path, out: Path | None = None) -> None:
         text = (throughput_markdown if scenario == "throughput" else ramp_markdown)(data, png.name)
     else:
         text = preprocess_markdown(data) if scenario == "preprocess" else tables_markdown(data)
+    if data.get("reading"):
+        reading = data["reading"]
+        text += "\n" + (reading if reading.startswith("#") else "## Reading it\n\n" + reading)
     out.with_suffix(".md").write_text(text)
 
 
@@ -290,7 +296,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("result")
     ap.add_argument("--out", help="path prefix: writes PREFIX.md (and PREFIX.png)")
+    ap.add_argument("--reading", metavar="FILE.md", help="Markdown to keep in the JSON as its reading")
     a = ap.parse_args()
+    if a.reading:
+        data = json.loads(Path(a.result).read_text())
+        data["reading"] = Path(a.reading).read_text()
+        Path(a.result).write_text(json.dumps(data, indent=1) + "\n")
     write(Path(a.result), Path(a.out) if a.out else None)
 
 
