@@ -22,13 +22,18 @@ def _process_began() -> float:
     return psutil.Process().create_time()
 
 
+class _ProcessStderr(logging.StreamHandler):
+    pass
+
+
 class StartLog:
     def __init__(self) -> None:
         self._origin = _process_began()
         self._logger = logging.getLogger(NAME)
         self._logger.disabled = False  # a dictConfig since (disable_existing_loggers) does not silence it
-        if not self._logger.handlers:
-            handler = logging.StreamHandler(sys.__stderr__)
+        # Others may attach handlers of their own (pytest does to loggers that do not propagate).
+        if not any(isinstance(handler, _ProcessStderr) for handler in self._logger.handlers):
+            handler = _ProcessStderr(sys.__stderr__)
             handler.setFormatter(logging.Formatter("%(asctime)s start-up: %(message)s"))
             self._logger.addHandler(handler)
             self._logger.setLevel(logging.INFO)
