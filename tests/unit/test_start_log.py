@@ -38,5 +38,3 @@ def test_each_phase_is_one_line_with_the_seconds_since_the_process_began(own_std
     assert re.fullmatch(r"\S+ \S+ start-up: tokenizer built, 12\.3 s after the replica's process began", lines[0])
     assert lines[1].endswith("start-up: engine ready, 12.3 s after the replica's process began")
     assert redirected.getvalue() == ""
-
-
