@@ -9,6 +9,7 @@ start-up lines would surface late or never.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -16,6 +17,7 @@ import time
 NAME = "serve_app.start"
 
 
+@functools.cache  # one process, one start: the replica and its engine's build ask the same
 def _process_began() -> float:
     import psutil  # a dependency of vLLM and Ray
 
