@@ -251,7 +251,7 @@ def tables_markdown(data: dict) -> str:
               f"{fmt(s.get('ready_s'))} s" for name, s in data.get("systems", {}).items()] + [""]
     for key, value in data.items():
         if key in ("scenario", "date", "dry_run", "machine", "versions", "command", "spec", "finished", "ray_serve_env",
-                   "systems"):
+                   "systems", "reading"):
             continue
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             columns = list(dict.fromkeys(k for row in value for k in row))

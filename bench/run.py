@@ -6,8 +6,8 @@ in, a JSON out, and report.py's Markdown (and chart) beside it.
 
 A spec may name a ``base`` spec (its keys are the defaults; ``workloads`` join), a ``dry`` section
 (merged one level down under ``--dry``: the tiny CPU model, fewer requests) and a ``scenario``:
-throughput (default), ramp, reliability, ingress_memory, controller_calls, tp_check, preprocess
-(bench/scenarios/). ``--set KEY=VALUE`` sets any dotted key of the spec (VALUE is YAML). The JSON
+throughput (default), ramp, reliability, ingress_memory, controller_calls, tp_check, preprocess,
+hop_floor (bench/scenarios/). ``--set KEY=VALUE`` sets any dotted key of the spec (VALUE is YAML). The JSON
 is rewritten after every step, so a run cut short keeps what it measured. Every wait is bounded.
 """
 

@@ -1,0 +1,114 @@
+"""Serve's own floor for the hop from an ingress replica to an LLM replica: a two-deployment app
+(a caller, and a generator that yields at once) in the Ray Serve environment our image ships
+(k8s/image/Dockerfile's ENV: throughput mode, gRPC between handles), no engine and no HTTP. The
+caller makes ``calls`` streaming handle calls one after another per variant and times the first
+item; wall-clock stamps on both sides split it into the way in (the call to the generator's first
+line) and the way out (its first item back). Variants: Serve's default router with bare arguments,
+or ours (CacheAffinityRouter, with a routing tag) with a text request's own (its plain messages and
+RequestSettings, as the ingress sends them); each back to back and after ``pauses_ms`` of idle
+before every call (one user's requests come hundreds of ms apart: the hop then starts from an
+idle path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import load
+import systems
+
+BODY = {"model": "pixtral", "messages": [{"role": "user", "content": load.USER_TEXTS[0]}], "max_tokens": 64}
+
+
+async def measure_all(caller, variants: list, calls: int) -> list:
+    """In one event loop: in throughput mode a handle's router is bound to the loop it first ran in."""
+    return [await asyncio.wait_for(caller.measure.remote(*variant, calls), 600) for variant in variants]
+
+
+def probe(calls: int, pauses_ms: list[float]) -> list[dict]:
+    """In a process of its own (the Serve environment is read at import): each variant's hop."""
+    import ray
+    from ray import serve
+
+    from serve_app.api.models import ChatCompletionRequest
+    from serve_app.routing.policy import router_config
+    from serve_app.routing.request_router import RoutingTag
+
+    @serve.deployment(max_ongoing_requests=1000)
+    class Generator:
+        async def generate(self, messages, images, settings, request_id):
+            entered = time.time()
+            yield {"entered": entered, "left": time.time()}
+
+    @serve.deployment(max_ongoing_requests=1000)
+    class Caller:
+        def __init__(self, default, ours):
+            self.handles = {"default": default, "ours": ours}
+
+        async def measure(self, router: str, arguments: str, pause_ms: float, calls: int) -> list[tuple[float, float]]:
+            chat = ChatCompletionRequest.model_validate(BODY)
+            out = []
+            for i in range(calls + 10):  # the first 10 warm up
+                handle = self.handles[router].options(stream=True)
+                if router == "ours":
+                    handle = handle.options(session_id=RoutingTag(request_id=f"r{i}", key="k").encode())
+                args = (chat.plain_messages(), [], chat.settings(), f"r{i}") if arguments == "request" else ([], [], None, "")
+                sent = time.time()
+                stream = handle.generate.remote(*args)
+                first = await stream.__anext__()
+                back = time.time()
+                async for _ in stream:
+                    pass
+                if i >= 10:
+                    out.append((first["entered"] - sent, back - first["left"]))
+                await asyncio.sleep(pause_ms / 1000)
+            return out
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
+    serve.start(proxy_location="Disabled")
+    ours = Generator.options(name="GeneratorOurs", request_router_config=router_config("GeneratorOurs"))
+    caller = serve.run(Caller.bind(Generator.options(name="GeneratorDefault").bind(), ours.bind()),
+                       name="hop", route_prefix=None)
+    variants = [(router, arguments, pause) for pause in [0, *pauses_ms]
+                for router, arguments in (("default", "bare"), ("ours", "request"))]
+    runs = []
+    for (router, arguments, pause), pairs in zip(variants, asyncio.run(measure_all(caller, variants, calls))):
+        way_in, way_out = [p[0] * 1000 for p in pairs], [p[1] * 1000 for p in pairs]
+        both = [a + b for a, b in zip(way_in, way_out)]
+        runs.append({"router": router, "arguments": arguments, "idle_before_ms": pause, "calls": len(pairs),
+                     "hop_p50_ms": load.percentile(both, 50), "hop_p90_ms": load.percentile(both, 90),
+                     "way_in_p50_ms": load.percentile(way_in, 50), "way_out_p50_ms": load.percentile(way_out, 50)})
+    ray.shutdown()  # Serve with it (serve.shutdown() would want the handle's closed loop)
+    return runs
+
+
+def run(bench) -> int:
+    cfg = bench.spec["hop_floor"]
+    env = {**os.environ, **systems.shipped_ray_env(), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+           "PYTHONPATH": os.pathsep.join([str(systems.REPO), str(systems.BENCH)])}
+    child = subprocess.Popen([sys.executable, __file__, json.dumps(cfg)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = child.communicate(timeout=max(60.0, bench.left_s()))
+    except subprocess.TimeoutExpired:
+        out, err = "", "timed out"
+    finally:  # its Ray, whatever is left of it
+        for pid in systems.session_pids(child.pid):
+            systems.quiet(os.kill, pid, signal.SIGKILL)
+        child.wait(timeout=10)
+    if child.returncode:
+        bench.result["error"] = err[-2000:]
+        return 1
+    bench.result["runs"] = json.loads(out.strip().splitlines()[-1])
+    return 0
+
+
+if __name__ == "__main__":
+    settings = json.loads(sys.argv[1])
+    print(json.dumps(probe(settings["calls"], settings["pauses_ms"])))
