@@ -13,6 +13,7 @@ idle path).
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
@@ -70,11 +71,17 @@ def probe(calls: int, pauses_ms: list[float]) -> list[dict]:
                 await asyncio.sleep(pause_ms / 1000)
             return out
 
+    @serve.deployment
+    class Echo:
+        async def __call__(self, request) -> str:
+            return "ok"
+
     ray.init(address="local", num_cpus=4, include_dashboard=False)
-    serve.start(proxy_location="Disabled")
+    serve.start(http_options={"host": "127.0.0.1", "port": systems.PORT})
     ours = Generator.options(name="GeneratorOurs", request_router_config=router_config("GeneratorOurs"))
     caller = serve.run(Caller.bind(Generator.options(name="GeneratorDefault").bind(), ours.bind()),
                        name="hop", route_prefix=None)
+    serve.run(Echo.bind(), name="echo", route_prefix="/echo")
     variants = [(router, arguments, pause) for pause in [0, *pauses_ms]
                 for router, arguments in (("default", "bare"), ("ours", "request"))]
     runs = []
@@ -84,8 +91,66 @@ def probe(calls: int, pauses_ms: list[float]) -> list[dict]:
         runs.append({"router": router, "arguments": arguments, "idle_before_ms": pause, "calls": len(pairs),
                      "hop_p50_ms": load.percentile(both, 50), "hop_p90_ms": load.percentile(both, 90),
                      "way_in_p50_ms": load.percentile(way_in, 50), "way_out_p50_ms": load.percentile(way_out, 50)})
+    # The same round trip over HTTP, as HAProxy forwards a request to a replica (direct ingress; Ray Serve
+    # LLM's direct streaming first asks a router deployment over HTTP): through port 8000, and straight to
+    # the echo replica's own port (the first of Serve's direct-ingress range).
+    for front, port in (("http via HAProxy", systems.PORT), ("http to the replica's port", echo_port())):
+        for pause in [0, *pauses_ms]:
+            times = http_round_trips(port, calls, pause)
+            runs.append({"router": front, "arguments": "GET /echo", "idle_before_ms": pause, "calls": len(times),
+                         "hop_p50_ms": load.percentile(times, 50), "hop_p90_ms": load.percentile(times, 90)})
     ray.shutdown()  # Serve with it (serve.shutdown() would want the handle's closed loop)
     return runs
+
+
+def echo_port() -> int:
+    """The echo replica's own HTTP port: the one of Serve's direct-ingress range that answers GET /echo."""
+    from ray.serve._private.constants import RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT as first
+
+    for port in range(first, first + 16):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/echo")
+            response = conn.getresponse()
+            if response.status == 200 and response.read() == b"ok":
+                return port
+        except OSError:
+            continue
+        finally:
+            conn.close()
+    raise RuntimeError(f"no replica port from {first} answers GET /echo")
+
+
+def http_round_trips(port: int, calls: int, pause_ms: float) -> list[float]:
+    """ms of each GET /echo on one kept-alive connection, after 10 to warm up (and, first, up to 60 s
+    for the port to answer: HAProxy takes its config a little after the app is ready)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            probe_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            probe_conn.request("GET", "/echo")
+            if probe_conn.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        finally:
+            probe_conn.close()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"GET /echo on port {port}: no 200 within 60 s")
+        time.sleep(0.5)
+    conn, out = http.client.HTTPConnection("127.0.0.1", port, timeout=30), []
+    for i in range(calls + 10):
+        started = time.perf_counter()
+        conn.request("GET", "/echo")
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200 or body != b"ok":
+            raise RuntimeError(f"GET /echo on port {port}: {response.status} {body[:200]!r}")
+        if i >= 10:
+            out.append((time.perf_counter() - started) * 1000)
+        time.sleep(pause_ms / 1000)
+    conn.close()
+    return out
 
 
 def run(bench) -> int:
