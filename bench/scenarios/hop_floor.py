@@ -1,13 +1,15 @@
 """Serve's own floor for the hop from an ingress replica to an LLM replica: a two-deployment app
 (a caller, and a generator that yields at once) in the Ray Serve environment our image ships
-(k8s/image/Dockerfile's ENV: throughput mode, gRPC between handles), no engine and no HTTP. The
+(k8s/image/Dockerfile's ENV: throughput mode, gRPC between handles, HAProxy), no engine. The
 caller makes ``calls`` streaming handle calls one after another per variant and times the first
 item; wall-clock stamps on both sides split it into the way in (the call to the generator's first
 line) and the way out (its first item back). Variants: Serve's default router with bare arguments,
 or ours (CacheAffinityRouter, with a routing tag) with a text request's own (its plain messages and
 RequestSettings, as the ingress sends them); each back to back and after ``pauses_ms`` of idle
 before every call (one user's requests come hundreds of ms apart: the hop then starts from an
-idle path).
+idle path). Then the same round trip over HTTP to an echo deployment, through HAProxy's port and
+straight to the replica's own direct-ingress port: what Ray Serve LLM's direct streaming puts in
+place of the handle hop (HAProxy asks a router deployment over HTTP, then forwards to the replica).
 """
 
 from __future__ import annotations
