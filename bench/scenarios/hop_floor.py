@@ -105,49 +105,42 @@ def probe(calls: int, pauses_ms: list[float]) -> list[dict]:
     return runs
 
 
+def echo_ok(port: int, conn: http.client.HTTPConnection | None = None) -> bool:
+    """One GET /echo (on ``conn``, else on a connection of its own): did it answer 200 "ok"?"""
+    own = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        own.request("GET", "/echo")
+        response = own.getresponse()
+        return response.status == 200 and response.read() == b"ok"
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        if conn is None:
+            own.close()
+
+
 def echo_port() -> int:
     """The echo replica's own HTTP port: the one of Serve's direct-ingress range that answers GET /echo."""
     from ray.serve._private.constants import RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT as first
 
     for port in range(first, first + 16):
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/echo")
-            response = conn.getresponse()
-            if response.status == 200 and response.read() == b"ok":
-                return port
-        except OSError:
-            continue
-        finally:
-            conn.close()
+        if echo_ok(port):
+            return port
     raise RuntimeError(f"no replica port from {first} answers GET /echo")
 
 
 def http_round_trips(port: int, calls: int, pause_ms: float) -> list[float]:
-    """ms of each GET /echo on one kept-alive connection, after 10 to warm up (and, first, up to 60 s
-    for the port to answer: HAProxy takes its config a little after the app is ready)."""
+    """ms of each GET /echo on one kept-alive connection, after 10 to warm up."""
     deadline = time.monotonic() + 60
-    while True:
-        try:
-            probe_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            probe_conn.request("GET", "/echo")
-            if probe_conn.getresponse().status == 200:
-                break
-        except OSError:
-            pass
-        finally:
-            probe_conn.close()
+    while not echo_ok(port):  # HAProxy takes its config a little after the app is ready
         if time.monotonic() > deadline:
             raise RuntimeError(f"GET /echo on port {port}: no 200 within 60 s")
         time.sleep(0.5)
     conn, out = http.client.HTTPConnection("127.0.0.1", port, timeout=30), []
     for i in range(calls + 10):
         started = time.perf_counter()
-        conn.request("GET", "/echo")
-        response = conn.getresponse()
-        body = response.read()
-        if response.status != 200 or body != b"ok":
-            raise RuntimeError(f"GET /echo on port {port}: {response.status} {body[:200]!r}")
+        if not echo_ok(port, conn):
+            raise RuntimeError(f"GET /echo on port {port} failed")
         if i >= 10:
             out.append((time.perf_counter() - started) * 1000)
         time.sleep(pause_ms / 1000)
