@@ -61,7 +61,8 @@ def probe(calls: int, pauses_ms: list[float]) -> list[dict]:
                 handle = self.handles[router].options(stream=True)
                 if router == "ours":
                     handle = handle.options(session_id=RoutingTag(request_id=f"r{i}", key="k").encode())
-                args = (chat.plain_messages(), [], chat.settings(), f"r{i}") if arguments == "request" else ([], [], None, "")
+                args = ((chat.plain_messages(), [], chat.settings(), f"r{i}") if arguments == "request"
+                        else ([], [], None, ""))
                 sent = time.time()
                 stream = handle.generate.remote(*args)
                 first = await stream.__anext__()
@@ -150,8 +151,9 @@ def http_round_trips(port: int, calls: int, pause_ms: float) -> list[float]:
 
 def run(bench) -> int:
     cfg = bench.spec["hop_floor"]
+    paths = [str(systems.REPO), str(systems.BENCH), *filter(None, [os.environ.get("PYTHONPATH")])]  # GPU: the kit's
     env = {**os.environ, **systems.shipped_ray_env(), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
-           "PYTHONPATH": os.pathsep.join([str(systems.REPO), str(systems.BENCH)])}
+           "PYTHONPATH": os.pathsep.join(paths)}
     child = subprocess.Popen([sys.executable, __file__, json.dumps(cfg)], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
