@@ -55,6 +55,16 @@ def shipped_ray_env() -> dict[str, str]:
     return env
 
 
+def ray_driver_env(*paths: Path) -> dict[str, str]:
+    """This process's environment for a command that starts a local Ray of its own: ``paths`` ahead of
+    PYTHONPATH (which keeps what is there: the wheel kit's /tmp/site on the GPU machine), and Ray's
+    token auth off unless the environment says otherwise (a private cluster on this machine)."""
+    env = {**os.environ, "RAY_ADDRESS": "local",
+           "PYTHONPATH": os.pathsep.join([*map(str, paths), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    return env
+
+
 def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
@@ -177,9 +187,7 @@ class System:
         return cfg
 
     def command(self, overrides: dict | None = None) -> tuple[list[str], dict]:
-        env = {**os.environ, "RAY_ADDRESS": "local",  # the replicas import serve_app from app_root too
-               "PYTHONPATH": os.pathsep.join([str(self.app_root), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        env.setdefault("RAY_AUTH_MODE", "disabled")
+        env = ray_driver_env(self.app_root)  # the replicas import serve_app from app_root too
         own = {var: str(self.work / "caches" / self.system["caches"] / sub)
                for var, sub in CACHE_ENV.items()} if self.system.get("caches") else {}
         own.update(self.system.get("env", {}))  # the system's env last: it wins
@@ -263,7 +271,7 @@ class System:
             sid = self.proc.pid
             for sig, wait_s in self.stop_rounds:
                 self._end_session(lambda: quiet(os.killpg, sid, sig), wait_s)
-            self._end_session(lambda: [quiet(os.kill, pid, signal.SIGKILL) for pid in session_pids(sid)], 10)
+            self._end_session(lambda: kill_session(sid), 10)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)  # reaped once, here: session_pids skips it as a zombie meanwhile
         self.proc = None
@@ -320,6 +328,12 @@ def session_pids(sid: int) -> list[int]:
             except (OSError, IndexError):
                 pass
     return pids
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL to every live process of session ``sid``, whatever its process group."""
+    for pid in session_pids(sid):
+        quiet(os.kill, pid, signal.SIGKILL)
 
 
 def gpu_mem_mib() -> int | None:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -151,9 +149,7 @@ def http_round_trips(port: int, calls: int, pause_ms: float) -> list[float]:
 
 def run(bench) -> int:
     cfg = bench.spec["hop_floor"]
-    paths = [str(systems.REPO), str(systems.BENCH), *filter(None, [os.environ.get("PYTHONPATH")])]  # GPU: the kit's
-    env = {**os.environ, **systems.shipped_ray_env(), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
-           "PYTHONPATH": os.pathsep.join(paths)}
+    env = {**systems.ray_driver_env(systems.REPO, systems.BENCH), **systems.shipped_ray_env()}
     child = subprocess.Popen([sys.executable, __file__, json.dumps(cfg)], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -161,8 +157,7 @@ def run(bench) -> int:
     except subprocess.TimeoutExpired:
         out, err = "", "timed out"
     finally:  # its Ray, whatever is left of it
-        for pid in systems.session_pids(child.pid):
-            systems.quiet(os.kill, pid, signal.SIGKILL)
+        systems.kill_session(child.pid)
         child.wait(timeout=10)
     if child.returncode:
         bench.result["error"] = err[-2000:]
