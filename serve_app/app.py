@@ -105,6 +105,12 @@ def build_pipeline(config: AppConfig, engine_factory: EngineFactory = vllm_engin
         ray_actor_options={"num_cpus": config.image_pool.num_cpus},
         request_router_config=router_config(ImagePool.name),
     ).bind(config.image_pool, grid)
+    if config.ingress.colocated:
+        from serve_app.deployments.colocated import ColocatedServer
+
+        # The app's ingress: HAProxy balances over its replicas itself (Serve refuses a custom router there).
+        options = {key: value for key, value in llm_options(config).items() if key != "request_router_config"}
+        return ColocatedServer.options(**options).bind(config, pool, engine_factory)
     llm = PixtralServer.options(**llm_options(config)).bind(config, engine_factory)
     return OpenAIIngress.options(
         **_common_options(config.ingress),

@@ -123,6 +123,12 @@ class IngressConfig(DeploymentConfig):
         "Retry-After before any of it is read (a body is held until its images are prepared and the first "
         "chunk is in). Parsing costs about 3x a body's size in memory: size this to the replica's memory / 3.",
     )
+    colocated: bool = Field(
+        False,
+        description="Serve the API from the LLM replica itself, as one process with the engine (no "
+        "ingress deployment, no Serve handle call between them); needs llm.autoscaling.max_replicas 1. "
+        "Experimental: being measured against the separate ingress.",
+    )
     replica_header: bool = Field(
         False,
         description="Name the LLM replica that answered in an X-Pixtral-Replica response header (an opaque "
@@ -532,6 +538,15 @@ class AppConfig(_Strict):
     chat_fields: ChatFieldsConfig = Field(
         default_factory=ChatFieldsConfig, description="Caps on n, top_logprobs and JSON schemas."
     )
+
+    @model_validator(mode="after")
+    def _colocated_one_replica(self) -> "AppConfig":
+        if self.ingress.colocated and self.llm.autoscaling.max_replicas != 1:
+            raise ValueError(
+                "ingress.colocated serves the API from one LLM replica: set llm.autoscaling.max_replicas to 1 "
+                "(with several, requests would skip cache-affinity routing and admission's hand-on)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> "AppConfig":

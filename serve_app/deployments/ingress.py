@@ -41,8 +41,6 @@ from serve_app.routing.request_router import RoutingTag
 
 logger = logging.getLogger(__name__)
 
-app = FastAPI(title="pixtral-serve", docs_url=None, redoc_url=None)
-
 _STAGE_SECONDS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 
@@ -50,21 +48,32 @@ def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
-@app.exception_handler(PixtralServeError)
 async def _service_error(request: Request, exc: PixtralServeError) -> JSONResponse:
     return error_response(exc, _request_id(request))
 
 
-@app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = "not_found" if exc.status_code == 404 else "http_error"
     body = {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None, "code": code}}
     return JSONResponse(body, status_code=exc.status_code)
 
 
-@app.exception_handler(Exception)
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc, _request_id(request))
+
+
+def chat_api(cls: type) -> FastAPI:
+    """The OpenAI API's routes on ``cls``'s methods (``ChatIngress``'s, or a subclass's), a new
+    FastAPI app for each deployment class that serves them (``serve.ingress`` takes it over)."""
+    api = FastAPI(title="pixtral-serve", docs_url=None, redoc_url=None)
+    api.add_exception_handler(PixtralServeError, _service_error)
+    api.add_exception_handler(StarletteHTTPException, _http_error)
+    api.add_exception_handler(Exception, _unexpected_error)
+    api.add_api_route("/health", cls.health, methods=["GET"])
+    api.add_api_route("/ready", cls.ready, methods=["GET"])
+    api.add_api_route("/v1/models", cls.models, methods=["GET"])
+    api.add_api_route("/v1/chat/completions", cls.chat_completions, methods=["POST"])
+    return api
 
 
 def keys_required(settings: IngressConfig, keys: frozenset[str], listener_host: str) -> bool:
@@ -95,18 +104,21 @@ def _replica_header(first: Any, enabled: bool) -> dict[str, str]:
     return {"X-Pixtral-Replica": first.replica} if enabled and first.replica else {}
 
 
-@serve.deployment(name=INGRESS)
-@serve.ingress(app)
-class OpenAIIngress:
-    async def __init__(self, config: AppConfig, image_pool: DeploymentHandle, llm: DeploymentHandle):
+class ChatIngress:
+    """The OpenAI API in front of the LLM deployment: auth, parse, the image pool's calls, the
+    LLM's stream to the client. ``OpenAIIngress`` serves it from replicas of its own and reaches
+    the LLM replicas through a Serve handle; ``deployments.colocated`` from the LLM replica."""
+
+    async def __init__(self, config: AppConfig, image_pool: DeploymentHandle, llm: DeploymentHandle | None):
         self._config = config
         # options() starts each handle's router now (not at the first request), so the
         # routers learn the routable replicas, which /ready and the door answer from, at once.
         self._pool = by_reference(image_pool.options())
-        self._llm_stream = llm.options(stream=True)  # one handle, not one per request
-        # The pool's pixels go to the LLM by reference (PooledImage): calls with images take the
-        # task path, where the reference is counted; text-only calls keep Serve's transport.
-        self._llm_stream_images = by_reference(self._llm_stream)
+        if llm is not None:
+            self._llm_stream = llm.options(stream=True)  # one handle, not one per request
+            # The pool's pixels go to the LLM by reference (PooledImage): calls with images take the
+            # task path, where the reference is counted; text-only calls keep Serve's transport.
+            self._llm_stream_images = by_reference(self._llm_stream)
         self._routing = RoutingPolicy.of(config.llm)
         self._api_keys = config.ingress.resolved_api_keys()
         listener = await asyncio.to_thread(serve_http_host)
@@ -116,7 +128,9 @@ class OpenAIIngress:
         self._bodies = BodyBudget(config.ingress.max_inflight_body_bytes, retry_after_s=config.ingress.retry_after_s)
         self._replicas = ReplicaStatus(
             self._app_name,
-            gate_engine=config.llm.autoscaling.min_replicas > 0,  # scaling from zero needs the queue
+            # scaling from zero needs the queue; an engine in this replica is there while it serves
+            gate_engine=config.llm.autoscaling.min_replicas > 0 and llm is not None,
+            engine_here=llm is None,
             expected_start_s=config.llm.expected_start_s,
         )
         self._stage_s = Histogram(
@@ -136,12 +150,10 @@ class OpenAIIngress:
         ):
             raise AuthenticationError("invalid or missing API key (Authorization: Bearer <key>)")
 
-    @app.get("/health")
     async def health(self) -> JSONResponse:
         """Liveness of this ingress replica only: no engine call, nothing queued anywhere."""
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready")
     async def ready(self) -> JSONResponse:
         """Ready when the engine and the image pool each have a routable (RUNNING) replica, as
         this replica's routers know them from Serve's controller (which health-checks every
@@ -150,7 +162,6 @@ class OpenAIIngress:
         status, body = self._replicas.readiness()
         return JSONResponse(body, status_code=status)
 
-    @app.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
         self._authenticate(request)
         return JSONResponse(
@@ -168,7 +179,6 @@ class OpenAIIngress:
             }
         )
 
-    @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
         clock = StageClock()
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -340,3 +350,6 @@ class OpenAIIngress:
             for call in calls:
                 call.cancel()
             raise
+
+
+OpenAIIngress = serve.deployment(name=INGRESS)(serve.ingress(chat_api(ChatIngress))(ChatIngress))

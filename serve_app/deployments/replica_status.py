@@ -45,12 +45,16 @@ class ReplicaStatus:
         app_name: str,
         *,
         gate_engine: bool = True,
+        engine_here: bool = False,
         expected_start_s: float = 60.0,
         replica_sets: ReplicaSets | None = None,
         rng: random.Random | None = None,
     ):
         self._app_name = app_name
         self._gate_engine = gate_engine
+        # The engine runs in this replica (deployments.colocated): it is there while the replica
+        # serves, and this process has no router that reports the LLM deployment's replicas.
+        self._engine_here = engine_here
         self._expected_start_s = expected_start_s
         self._given_sets = replica_sets
         self._rng = rng or random.Random()
@@ -65,7 +69,7 @@ class ReplicaStatus:
         return self._sets.replicas(self._app_name, LLM)
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
-        for name in (LLM, IMAGE_POOL):
+        for name in (IMAGE_POOL,) if self._engine_here else (LLM, IMAGE_POOL):
             replicas = self._sets.replicas(self._app_name, name)
             if replicas is None:
                 return 503, {"status": "not_ready", "reason": f"no replica list for {name} from Serve yet"}

@@ -30,7 +30,7 @@ PUBLIC = {
         "probe_queue_lens", "serve_http_host",
     ],
     "serve_app.deployments": [
-        "EngineFactory", "IMAGE_POOL", "INGRESS", "ImagePool", "LLM", "OpenAIIngress", "PixtralServer",
+        "ColocatedServer", "EngineFactory", "IMAGE_POOL", "INGRESS", "ImagePool", "LLM", "OpenAIIngress", "PixtralServer",
         "vllm_engine_factory",
     ],
     "serve_app.engine": [

@@ -1,0 +1,51 @@
+"""ColocatedServer: the OpenAI API served by the LLM replica itself (``ingress.colocated``).
+
+One process answers HTTP and runs the engine, as ``vllm serve`` does: no Serve handle call
+between the ingress and the LLM replica (Serve's own floor for that hop is 2-3.5 ms on an H100,
+bench/results/2026-12-07-h100-hop-floor.md). HAProxy (or Serve's proxy) forwards each request
+to an LLM replica directly. One LLM replica only for now: with several, the front's balancing
+would pick the replica (no cache affinity) and an admission refusal could not be handed on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.api.models import RequestSettings
+from serve_app.api.server_timing import StageClock
+from serve_app.config import AppConfig
+from serve_app.deployments import LLM
+from serve_app.deployments.ingress import ChatIngress, chat_api
+from serve_app.deployments.pixtral_server import EngineFactory, PixtralServer, vllm_engine_factory
+from serve_app.errors import PixtralServeError
+
+
+class ChatAndEngine(ChatIngress, PixtralServer.func_or_class):
+    async def __init__(
+        self, config: AppConfig, image_pool: DeploymentHandle, engine_factory: EngineFactory = vllm_engine_factory
+    ):
+        await PixtralServer.func_or_class.__init__(self, config, engine_factory)
+        await ChatIngress.__init__(self, config, image_pool, llm=None)
+
+    async def _first_chunk(
+        self,
+        request_id: str,
+        key: str,
+        messages: list[dict[str, Any]],
+        images: list[Any],
+        settings: RequestSettings,
+        clock: StageClock,
+    ) -> tuple[Any, Any]:
+        """This replica's own stream: an admission refusal is the client's 429 at once."""
+        stream = self.generate(messages, images, settings, request_id)
+        clock.mark("route")
+        try:
+            return stream, await stream.__anext__()
+        except StopAsyncIteration:
+            raise PixtralServeError(f"the engine returned no output (request id {request_id})") from None
+
+
+ColocatedServer = serve.deployment(name=LLM)(serve.ingress(chat_api(ChatAndEngine))(ChatAndEngine))
