@@ -320,3 +320,20 @@ def test_tensor_parallel_replicas_fit_by_whole_placement_groups():
     tp = config.engine.tensor_parallel_size
     cpus = sum(bundle["CPU"] for bundle in llm_bundles(config))
     assert replicas_that_fit({"CPU": 2 * cpus, "GPU": 2 * tp + tp - 1}, llm_bundles(config)) == 2
+
+
+def test_a_colocated_api_needs_exactly_one_llm_replica():
+    """``ingress.colocated`` serves the API from the LLM replica: with several, requests would skip
+    the cache-affinity router and admission's hand-on, so the config says so before any replica starts."""
+    args = app_args("config.cpu.yaml")
+    args["ingress"] = {**args.get("ingress", {}), "colocated": True}
+    args["llm"]["autoscaling"] = {"min_replicas": 1, "max_replicas": 2}
+    with pytest.raises(ValidationError, match="llm.autoscaling.max_replicas to 1"):
+        AppConfig.model_validate(args)
+    args["llm"]["autoscaling"] = {"min_replicas": 1, "max_replicas": 1}
+    ingress = build_pipeline(AppConfig.model_validate(args))._bound_deployment
+    # The LLM deployment is the app's ingress (its pool handle its one argument besides the config),
+    # on Serve's own router: HAProxy refuses a custom one on an ingress.
+    assert ingress.name == "PixtralServer" and ingress.init_args[1]._bound_deployment.name == "ImagePool"
+    router = ingress._deployment_config.request_router_config.request_router_class
+    assert router.endswith("PowerOfTwoChoicesRequestRouter"), router

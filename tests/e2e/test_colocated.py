@@ -1,0 +1,110 @@
+"""``ingress.colocated``: the OpenAI API served by the LLM replica itself, beside the session's app.
+
+A stand-in engine (tests/e2e/fake_engine.py) keeps this app's one LLM replica to a sliver of a CPU,
+as the session runs one real engine; what is tested is the wiring: the app has no ingress
+deployment, its one replica answers the SDK (with the pool's images), checks keys, refuses on
+admission with 429 + Retry-After, and a client that goes away aborts the engine's request.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from chat_payloads import data_url, jpeg_bytes, user_message
+from serve_support import cpu_app_args, deploy
+
+MODEL = "tiny-colocated"
+BOUND_S = 60
+
+
+def _config(api_key: str):
+    from serve_app.config import AppConfig
+
+    return AppConfig.model_validate(
+        cpu_app_args(
+            served_model_name=MODEL,
+            ingress={"api_keys": [api_key], "colocated": True},
+            image_pool={"num_cpus": 0.05, "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
+            llm={
+                "num_cpus": 0.05,
+                "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+                # 100 output tokens/s: a 2000-token answer alone is 20 s of work, past the 5 s limit.
+                "admission": {"max_pending_s": 5, "prefill_tokens_per_s": 100000, "decode_tokens_per_s": 100,
+                              "output_tokens_estimate": 4096},
+            },
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def colocated_app(served, api_key):
+    import fake_engine
+    import ray.cloudpickle
+
+    from serve_app.app import build_pipeline
+
+    ray.cloudpickle.register_pickle_by_value(fake_engine)
+    return deploy(build_pipeline(_config(api_key), fake_engine.FakeSlowEngine), name="colocated",
+                  base=served, route_prefix="/colocated")
+
+
+def _engine_requests() -> int:
+    from ray import serve
+
+    handle = serve.get_deployment_handle("PixtralServer", app_name="colocated")
+    return handle.record_autoscaling_stats.remote().result(timeout_s=30)["engine_requests"]
+
+
+def test_the_app_is_the_llm_deployment_and_the_pool_only(colocated_app):
+    from ray import serve
+
+    deployments = serve.status().applications["colocated"].deployments
+    assert set(deployments) == {"PixtralServer", "ImagePool"}
+    assert httpx.get(colocated_app + "/ready", timeout=10).json() == {"status": "ready"}
+
+
+def test_the_llm_replica_answers_the_sdk_with_the_pools_images(colocated_app, api_key):
+    client = OpenAI(base_url=colocated_app + "/v1", api_key=api_key, timeout=BOUND_S, max_retries=0)
+    messages = [user_message(data_url(jpeg_bytes(5, (64, 48))))]
+    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, stream=True)
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert sum(":" in piece for piece in pieces) == 16  # the engine's 16 chunks, in order
+    assert [int(piece.split(":")[1]) for piece in pieces if ":" in piece] == list(range(16))
+    whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16)
+    assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 16
+
+
+def test_keys_and_admission_are_checked_by_the_llm_replica(colocated_app, api_key):
+    url = colocated_app + "/v1/chat/completions"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000}
+    refused = httpx.post(url, json=body, timeout=BOUND_S)
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+    headers = {"Authorization": f"Bearer {api_key}"}
+    # The first request holds an estimated 20 s of work (past the 5 s limit): the next one is refused.
+    with httpx.stream("POST", url, json={**body, "stream": True}, headers=headers, timeout=BOUND_S) as first:
+        assert first.status_code == 200
+        busy = httpx.post(url, json=body, headers=headers, timeout=BOUND_S)
+    assert busy.status_code == 429, busy.text
+    assert int(busy.headers["retry-after"]) >= 1
+    assert busy.json()["error"]["code"] == "server_overloaded"
+
+
+def test_a_client_that_goes_away_aborts_the_engines_request(colocated_app, api_key):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16, "stream": True}
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.stream("POST", colocated_app + "/v1/chat/completions", json=body, headers=headers,
+                      timeout=BOUND_S) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        while not next(lines).startswith("data: {"):
+            pass
+        assert _engine_requests() == 1
+    left = time.monotonic()
+    # The stream had ~7 s to go (16 chunks 0.5 s apart); its end must come from the disconnect.
+    while _engine_requests() != 0:
+        assert time.monotonic() - left < 4, "the engine still runs the request of a client that went away"
+        time.sleep(0.2)
