@@ -112,7 +112,9 @@ class Bench:
         limit = min(float(system.system.get("start_timeout_s", limit_s or 420)), self.left_s() - 60)
         ready = system.wait_ready(limit, self.images)
         if ready is None:
-            record["status"] = "did not serve: " + ("exited" if not system.alive() else "no successful chat in time")
+            record["status"] = "did not serve: " + (
+                f"deploy failed: {system.failure}" if system.failure
+                else "exited" if not system.alive() else "no successful chat in time")
             record["log_tail"] = systems.tail(system.log, 60)
         else:
             record.update(status="ok", ready_s=round(ready, 1), gpu_mem_mib=systems.gpu_mem_mib())

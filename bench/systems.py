@@ -140,6 +140,7 @@ class System:
         self.model = {**(model or {}), **system.get("model", {})}
         self.app_root = Path(system.get("app_root", REPO)).resolve()  # whose serve_app runs (ours)
         self.proc: subprocess.Popen | None = None
+        self.failure: str | None = None  # Serve's message when the app failed to deploy (wait_ready)
         self.log = work / f"{name}.log"
 
     @property
@@ -227,12 +228,32 @@ class System:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def deploy_failed(self) -> str | None:
+        """Ours and ray-llm: Serve's message for an application that failed to deploy (`serve run` of a
+        config file keeps running after that), so a start is not waited on to its limit; else None."""
+        if self.system["kind"] == "vllm":
+            return None
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        try:
+            apps = ServeSubmissionClient(DASHBOARD).get_serve_details().get("applications", {})
+        except Exception:  # noqa: BLE001 - Ray or its dashboard still starting
+            return None
+        failed = [f"{name}: {((app.get('message') or '').strip().splitlines() or [''])[-1]}"  # a traceback's last line
+                  for name, app in apps.items() if app["status"] == "DEPLOY_FAILED"]
+        return "; ".join(failed) or None
+
     def wait_ready(self, limit_s: float, images: load.ImageStore) -> float | None:
         """Seconds until a chat request with an image succeeds (not /health: our /v1/models and
-        vLLM's /health answer before the engine can serve); None if it died or time ran out."""
+        vLLM's /health answer before the engine can serve); None if it died, failed to deploy
+        (``self.failure``) or time ran out."""
         t0 = time.monotonic()
         images.ensure([("512x384", 1)])
+        self.failure = None
         while time.monotonic() - t0 < limit_s and self.alive():
+            self.failure = self.deploy_failed()
+            if self.failure:
+                return None
             r = asyncio.run(load.run_conversations(URL, self.served_name, [load.Conversation([("512x384", 1)])], images,
                                                    concurrency=1, request={"max_tokens": 2, "ignore_eos": True},
                                                    api_key=API_KEY, timeout_s=60))

@@ -95,9 +95,3 @@ class FakeSlowStartEngine(FakeFailingEngine):
 
         await asyncio.sleep(timeout_s)
 
-
-class FakeQuickEngine(FakeSlowEngine):
-    """Four chunks 10 ms apart: a whole answer in well under a second."""
-
-    chunks = 4
-    interval_s = 0.01
