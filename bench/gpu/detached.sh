@@ -14,7 +14,11 @@ case "${1:-}" in
   start)
     runner=${2:?usage: $0 start RUNNER [args...]}
     shift 2
-    rm -rf /tmp/repo /tmp/bench && mkdir -p /tmp/repo /tmp/bench
+    # A new run keeps the compile caches of the runs before it on this machine (work/caches), so a system
+    # started again starts warm; everything else of the last run goes (fetch it with poll first).
+    rm -rf /tmp/repo && mkdir -p /tmp/repo /tmp/bench/work
+    find /tmp/bench -mindepth 1 -maxdepth 1 ! -name work -exec rm -rf {} +
+    find /tmp/bench/work -mindepth 1 -maxdepth 1 ! -name caches -exec rm -rf {} +
     tar --exclude=./.git --exclude=./.gpukit --exclude=./.venv --exclude=./.cache -cf - . | tar -C /tmp/repo -xf -
     cd /tmp/repo
     export PYTHONPATH=/tmp/repo:/tmp/site PATH=/tmp/site/bin:$PATH
