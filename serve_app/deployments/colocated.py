@@ -30,6 +30,14 @@ class ChatAndEngine(ChatIngress, PixtralServer.func_or_class):
         await PixtralServer.func_or_class.__init__(self, config, engine_factory)
         await ChatIngress.__init__(self, config, image_pool, llm=None)
 
+    async def __del__(self) -> None:
+        """The engine's shutdown (PixtralServer's), then the ASGI app's (Serve's wrapper, after this
+        class in the deployment's MRO), which PixtralServer's ``__del__`` would otherwise hide."""
+        PixtralServer.func_or_class.__del__(self)
+        asgi_shutdown = getattr(super(PixtralServer.func_or_class, self), "__del__", None)
+        if asgi_shutdown is not None:
+            await asgi_shutdown()
+
     async def _first_chunk(
         self,
         request_id: str,
