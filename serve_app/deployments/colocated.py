@@ -14,16 +14,17 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.api.models import RequestSettings
 from serve_app.api.server_timing import StageClock
 from serve_app.config import AppConfig
 from serve_app.deployments import LLM
-from serve_app.deployments.ingress import ChatIngress, chat_api
+from serve_app.deployments.ingress import ChatIngress, GenerateCall, chat_api
 from serve_app.deployments.pixtral_server import EngineFactory, PixtralServer, vllm_engine_factory
 from serve_app.errors import PixtralServeError
 
 
 class ChatAndEngine(ChatIngress, PixtralServer.func_or_class):
+    """The ingress's API and the LLM replica's engine in one replica; ``ColocatedServer`` deploys it."""
+
     async def __init__(
         self, config: AppConfig, image_pool: DeploymentHandle, engine_factory: EngineFactory = vllm_engine_factory
     ):
@@ -38,22 +39,14 @@ class ChatAndEngine(ChatIngress, PixtralServer.func_or_class):
         if asgi_shutdown is not None:
             await asgi_shutdown()
 
-    async def _first_chunk(
-        self,
-        request_id: str,
-        key: str,
-        messages: list[dict[str, Any]],
-        images: list[Any],
-        settings: RequestSettings,
-        clock: StageClock,
-    ) -> tuple[Any, Any]:
+    async def _first_chunk(self, key: str, call: GenerateCall, clock: StageClock) -> tuple[Any, Any]:
         """This replica's own stream: an admission refusal is the client's 429 at once."""
-        stream = self.generate(messages, images, settings, request_id)
+        stream = self.generate(*call)
         clock.mark("route")
         try:
             return stream, await stream.__anext__()
         except StopAsyncIteration:
-            raise PixtralServeError(f"the engine returned no output (request id {request_id})") from None
+            raise PixtralServeError(f"the engine returned no output (request id {call.request_id})") from None
 
 
 ColocatedServer = serve.deployment(name=LLM)(serve.ingress(chat_api(ChatAndEngine))(ChatAndEngine))

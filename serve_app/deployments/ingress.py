@@ -7,7 +7,7 @@ import hmac
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -74,6 +74,15 @@ def chat_api(cls: type) -> FastAPI:
     api.add_api_route("/v1/models", cls.models, methods=["GET"])
     api.add_api_route("/v1/chat/completions", cls.chat_completions, methods=["POST"])
     return api
+
+
+class GenerateCall(NamedTuple):
+    """``PixtralServer.generate``'s arguments for one request, as the ingress hands them on."""
+
+    messages: list[dict[str, Any]]
+    images: list[Any]
+    settings: RequestSettings
+    request_id: str
 
 
 def keys_required(settings: IngressConfig, keys: frozenset[str], listener_host: str) -> bool:
@@ -210,7 +219,7 @@ class ChatIngress:
     async def _answer(self, request_id: str, chat: ChatCompletionRequest, images: list[Any], clock: StageClock):
         messages = chat.plain_messages()
         key = self._routing.key(messages, [image.content_id for image in images])
-        stream, first = await self._first_chunk(request_id, key, messages, images, chat.settings(), clock)
+        stream, first = await self._first_chunk(key, GenerateCall(messages, images, chat.settings(), request_id), clock)
         clock.mark("llm")
         headers = {
             **_replica_header(first, self._config.ingress.replica_header),
@@ -232,29 +241,20 @@ class ChatIngress:
         )
         return JSONResponse(body, headers=headers)
 
-    async def _first_chunk(
-        self,
-        request_id: str,
-        key: str,
-        messages: list[dict[str, Any]],
-        images: list[Any],
-        settings: RequestSettings,
-        clock: StageClock,
-    ) -> tuple[Any, Any]:
+    async def _first_chunk(self, key: str, call: GenerateCall, clock: StageClock) -> tuple[Any, Any]:
         """The LLM's stream and its first chunk, which comes before any byte is sent, so prompt
         and engine errors still get their own status code. A replica whose admission refuses
         the request hands it on: the router tries the replicas that have not refused it, and
         the client gets 429 only once every routable replica has."""
+        request_id = call.request_id
         placements = replica_set.shared()  # not a module-level name: see replica_set.shared
         placement = placements.track(request_id)
         refusals: list[AdmissionRefusedError] = []
         try:
             while True:
                 tag = RoutingTag(request_id=request_id, key=key, avoid=frozenset(placement.replicas))
-                handle = self._llm_stream_images if images else self._llm_stream
-                stream = handle.options(session_id=tag.encode()).generate.remote(
-                    messages, images, settings, request_id
-                )
+                handle = self._llm_stream_images if call.images else self._llm_stream
+                stream = handle.options(session_id=tag.encode()).generate.remote(*call)
                 clock.mark("route")  # a refused attempt (admission) counts as route too
                 try:
                     return stream, await self._replicas.first_chunk(stream, placement)
