@@ -108,6 +108,12 @@ def build_pipeline(config: AppConfig, engine_factory: EngineFactory = vllm_engin
     if config.ingress.colocated:
         from serve_app.deployments.colocated import ColocatedServer
 
+        ignored = sorted((set(DeploymentConfig.model_fields) - {"retry_after_s"}) & config.ingress.model_fields_set)
+        if ignored:
+            logger.warning(
+                "ingress.colocated: the LLM replicas serve the API, so ingress.%s do(es) not apply (llm.* do)",
+                ", ingress.".join(ignored),
+            )
         # The app's ingress: HAProxy balances over its replicas itself (Serve refuses a custom router there).
         options = {key: value for key, value in llm_options(config).items() if key != "request_router_config"}
         return ColocatedServer.options(**options).bind(config, pool, engine_factory)

@@ -322,11 +322,11 @@ def test_tensor_parallel_replicas_fit_by_whole_placement_groups():
     assert replicas_that_fit({"CPU": 2 * cpus, "GPU": 2 * tp + tp - 1}, llm_bundles(config)) == 2
 
 
-def test_a_colocated_api_needs_exactly_one_llm_replica():
+def test_a_colocated_api_needs_exactly_one_llm_replica(caplog):
     """``ingress.colocated`` serves the API from the LLM replica: with several, requests would skip
     the cache-affinity router and admission's hand-on, so the config says so before any replica starts."""
     args = app_args("config.cpu.yaml")
-    args["ingress"] = {**args.get("ingress", {}), "colocated": True}
+    args["ingress"] = {"colocated": True, "retry_after_s": 2}  # the body budget's 429s still use retry_after_s
     args["llm"]["autoscaling"] = {"min_replicas": 1, "max_replicas": 2}
     with pytest.raises(ValidationError, match="llm.autoscaling.max_replicas to 1"):
         AppConfig.model_validate(args)
@@ -337,3 +337,8 @@ def test_a_colocated_api_needs_exactly_one_llm_replica():
     assert ingress.name == "PixtralServer" and ingress.init_args[1]._bound_deployment.name == "ImagePool"
     router = ingress._deployment_config.request_router_config.request_router_class
     assert router.endswith("PowerOfTwoChoicesRequestRouter"), router
+    # The ingress deployment's own resources and scaling no longer apply: said once, at build.
+    assert "do(es) not apply" not in caplog.text
+    args["ingress"]["num_cpus"], args["ingress"]["autoscaling"] = 0.5, {"min_replicas": 2, "max_replicas": 2}
+    build_pipeline(AppConfig.model_validate(args))
+    assert "ingress.autoscaling, ingress.num_cpus do(es) not apply" in caplog.text
