@@ -126,8 +126,9 @@ class IngressConfig(DeploymentConfig):
     colocated: bool = Field(
         False,
         description="Serve the API from the LLM replica itself, as one process with the engine (no "
-        "ingress deployment, no Serve handle call between them); needs llm.autoscaling.max_replicas 1. "
-        "Experimental: being measured against the separate ingress.",
+        "ingress deployment, no Serve handle call between them); needs llm.autoscaling.max_replicas 1, and "
+        "this section's CPUs, replicas, queues and drain then do not apply (llm's do). Experimental: being "
+        "measured against the separate ingress.",
     )
     replica_header: bool = Field(
         False,
