@@ -233,10 +233,8 @@ class System:
         config file keeps running after that), so a start is not waited on to its limit; else None."""
         if self.system["kind"] == "vllm":
             return None
-        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
         try:
-            apps = ServeSubmissionClient(DASHBOARD).get_serve_details().get("applications", {})
+            apps = serve_applications()
         except Exception:  # noqa: BLE001 - Ray or its dashboard still starting
             return None
         failed = [f"{name}: {((app.get('message') or '').strip().splitlines() or [''])[-1]}"  # a traceback's last line
@@ -267,13 +265,13 @@ class System:
         Serve restarts only the deployments whose settings changed. Seconds until it is RUNNING."""
         from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-        client, t0 = ServeSubmissionClient(DASHBOARD), time.monotonic()
+        t0 = time.monotonic()
         cfg = self.app_config(overrides)
         cfg.pop("http_options", None)  # fixed once Serve runs
-        client.deploy_applications(cfg)
+        ServeSubmissionClient(DASHBOARD).deploy_applications(cfg)
         time.sleep(2)
         while time.monotonic() - t0 < limit_s:
-            apps = client.get_serve_details()["applications"]
+            apps = serve_applications()
             if all(a["status"] == "RUNNING" for a in apps.values()):
                 return time.monotonic() - t0
             time.sleep(1)
@@ -306,6 +304,14 @@ class System:
         end = time.monotonic() + wait_s
         while time.monotonic() < end and session_pids(self.proc.pid):
             time.sleep(0.2)
+
+
+def serve_applications() -> dict:
+    """Serve's applications on this machine's Ray (name -> status, message, deployments), from the
+    dashboard's REST API as `serve status` reads them."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    return ServeSubmissionClient(DASHBOARD).get_serve_details()["applications"]
 
 
 def drop_page_cache(folder: Path) -> None:

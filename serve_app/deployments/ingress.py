@@ -137,8 +137,7 @@ class ChatIngress:
         self._bodies = BodyBudget(config.ingress.max_inflight_body_bytes, retry_after_s=config.ingress.retry_after_s)
         self._replicas = ReplicaStatus(
             self._app_name,
-            # scaling from zero needs the queue; an engine in this replica is there while it serves
-            gate_engine=config.llm.autoscaling.min_replicas > 0 and llm is not None,
+            gate_engine=config.llm.autoscaling.min_replicas > 0,  # scaling from zero needs the queue
             engine_here=llm is None,
             expected_start_s=config.llm.expected_start_s,
         )

@@ -51,10 +51,11 @@ class ReplicaStatus:
         rng: random.Random | None = None,
     ):
         self._app_name = app_name
-        self._gate_engine = gate_engine
         # The engine runs in this replica (deployments.colocated): it is there while the replica
-        # serves, and this process has no router that reports the LLM deployment's replicas.
+        # serves, so nothing is gated on it, and this process has no router that reports the LLM
+        # deployment's replicas.
         self._engine_here = engine_here
+        self._gate_engine = gate_engine and not engine_here
         self._expected_start_s = expected_start_s
         self._given_sets = replica_sets
         self._rng = rng or random.Random()

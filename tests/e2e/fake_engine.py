@@ -94,4 +94,3 @@ class FakeSlowStartEngine(FakeFailingEngine):
         import asyncio
 
         await asyncio.sleep(timeout_s)
-

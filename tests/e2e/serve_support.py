@@ -17,6 +17,14 @@ TINY_LARGE = REPO / ".cache" / "tiny-pixtral-large"
 START_TIMEOUT_S = 420
 
 
+def llm_load(app_name: str) -> dict:
+    """The LLM replica's own count of what it holds, its autoscaling metrics (a handle call from this test thread)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("PixtralServer", app_name=app_name)
+    return handle.record_autoscaling_stats.remote().result(timeout_s=30)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ import pytest
 from openai import OpenAI
 
 from chat_payloads import data_url, jpeg_bytes, user_message
-from serve_support import cpu_app_args, deploy
+from serve_support import cpu_app_args, deploy, llm_load
 
 MODEL = "tiny-colocated"
 BOUND_S = 60
@@ -53,10 +53,7 @@ def colocated_app(served, api_key):
 
 
 def _engine_requests() -> int:
-    from ray import serve
-
-    handle = serve.get_deployment_handle("PixtralServer", app_name="colocated")
-    return handle.record_autoscaling_stats.remote().result(timeout_s=30)["engine_requests"]
+    return llm_load("colocated")["engine_requests"]
 
 
 def test_the_app_is_the_llm_deployment_and_the_pool_only(colocated_app):

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from chat_payloads import data_url, jpeg_bytes, long_image_stream, user_message
+import serve_support
 from serve_support import cpu_app_args, deploy, deploy_args
 
 MODEL = "tiny-faults"
@@ -67,11 +68,7 @@ def chat(base: str, api_key: str, *, seed: int = 1, timeout: float = REQUEST_BOU
 
 
 def llm_load(app_name: str = "faults") -> dict:
-    """The LLM replica's own count of what it holds, its autoscaling metrics (a handle call from this test thread)."""
-    from ray import serve
-
-    handle = serve.get_deployment_handle("PixtralServer", app_name=app_name)
-    return handle.record_autoscaling_stats.remote().result(timeout_s=30)
+    return serve_support.llm_load(app_name)
 
 
 def wait_until_idle(app_name: str = "faults", bound_s: float = 60) -> dict:
