@@ -14,6 +14,7 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
 from serve_app.autoscaling import PendingWorkPolicy, replicas_that_fit
+from serve_app.compat import haproxy_enabled
 from serve_app.config import AppConfig, DeploymentConfig
 from serve_app.deployments.image_pool import ImagePool
 from serve_app.deployments.ingress import OpenAIIngress
@@ -106,7 +107,7 @@ def build_pipeline(config: AppConfig, engine_factory: EngineFactory = vllm_engin
         request_router_config=router_config(ImagePool.name),
     ).bind(config.image_pool, grid)
     if config.ingress.colocated:
-        from serve_app.deployments.colocated import ColocatedServer
+        from serve_app.deployments.colocated import ColocatedServer, with_picker
 
         ignored = sorted((set(DeploymentConfig.model_fields) - {"retry_after_s"}) & config.ingress.model_fields_set)
         if ignored:
@@ -114,9 +115,14 @@ def build_pipeline(config: AppConfig, engine_factory: EngineFactory = vllm_engin
                 "ingress.colocated: the LLM replicas serve the API, so ingress.%s do(es) not apply (llm.* do)",
                 ", ingress.".join(ignored),
             )
-        # The app's ingress: HAProxy balances over its replicas itself (Serve refuses a custom router there).
-        options = {key: value for key, value in llm_options(config).items() if key != "request_router_config"}
-        return ColocatedServer.options(**options).bind(config, pool, engine_factory)
+        options = llm_options(config)
+        if not haproxy_enabled():  # Serve's Python proxy routes to the replicas with our router
+            return ColocatedServer.options(**options).bind(config, pool, engine_factory)
+        if config.llm.autoscaling.max_replicas == 1:
+            # HAProxy forwards to the one replica (Serve refuses a custom router on an ingress it fronts).
+            del options["request_router_config"]
+            return ColocatedServer.options(**options).bind(config, pool, engine_factory)
+        return with_picker(ColocatedServer.options(**options).bind(config, pool, engine_factory), RoutingPolicy.of(config.llm))
     llm = PixtralServer.options(**llm_options(config)).bind(config, engine_factory)
     return OpenAIIngress.options(
         **_common_options(config.ingress),

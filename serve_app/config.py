@@ -125,10 +125,12 @@ class IngressConfig(DeploymentConfig):
     )
     colocated: bool = Field(
         False,
-        description="Serve the API from the LLM replica itself, as one process with the engine (no "
-        "ingress deployment, no Serve handle call between them); needs llm.autoscaling.max_replicas 1, and "
-        "this section's CPUs, replicas, queues and drain then do not apply (llm's do). Experimental: being "
-        "measured against the separate ingress.",
+        description="Serve the API from the LLM replicas themselves, each one process with its engine (no "
+        "ingress deployment, no Serve handle call between them); this section's CPUs, replicas, queues and "
+        "drain then do not apply (llm's do). With several LLM replicas behind HAProxy, a ReplicaPicker "
+        "deployment tells HAProxy which replica takes each request (cache affinity from the body, which "
+        "HAProxy forwards with RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1, as the container image sets). "
+        "Experimental: being measured against the separate ingress.",
     )
     replica_header: bool = Field(
         False,
@@ -539,15 +541,6 @@ class AppConfig(_Strict):
     chat_fields: ChatFieldsConfig = Field(
         default_factory=ChatFieldsConfig, description="Caps on n, top_logprobs and JSON schemas."
     )
-
-    @model_validator(mode="after")
-    def _colocated_one_replica(self) -> "AppConfig":
-        if self.ingress.colocated and self.llm.autoscaling.max_replicas != 1:
-            raise ValueError(
-                "ingress.colocated serves the API from one LLM replica: set llm.autoscaling.max_replicas to 1 "
-                "(with several, requests would skip cache-affinity routing and admission's hand-on)"
-            )
-        return self
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> "AppConfig":

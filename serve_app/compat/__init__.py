@@ -17,9 +17,12 @@ __all__, __getattr__ = _lazy_exports(
             "BackPressureError",
             "back_off_between_rounds",
             "by_reference",
+            "chosen_replica",
             "end_this_replica",
+            "haproxy_enabled",
             "probe_queue_lens",
             "serve_http_host",
+            "with_ingress_router",
         ),
     },
 )

@@ -6,6 +6,9 @@
 | ``probe_queue_lens`` | ``RequestRouter._probe_queue_lens(replicas, backoff_index)`` | routing: ask idle replicas their queue |
 | ``back_off_between_rounds`` | ``PendingRequest.routing_context.should_backoff`` (``RequestRoutingContext`` is in ``ray.serve._private``) | routing |
 | ``by_reference`` | ``DeploymentHandle.options(_by_reference=True)`` (Serve's own option, underscored) | ingress: the pool's records and the LLM calls that carry them go on Ray's task path, where a reference nested in a value is counted, not through the gRPC transport of throughput mode |
+| ``haproxy_enabled`` | ``ray.serve._private.constants.RAY_SERVE_ENABLE_HA_PROXY`` | builder: HAProxy in front, or Serve's Python proxy |
+| ``with_ingress_router`` | ``Application._with_ingress_request_router`` (Serve LLM's direct streaming uses it) | builder: HAProxy asks a router deployment which replica of the ingress takes each POST |
+| ``chosen_replica`` | ``DeploymentHandle.choose_replica(..., _reserve=False)``, ``ReplicaSelection._replica.replica_id.to_full_id_str()`` (as Serve LLM's ``LLMRouter``) | routing: that router's answer |
 | ``end_this_replica`` | ``ray.kill`` of the replica's own actor (public call, but Serve does not offer ending a replica) | LLM replica whose engine died |
 
 Ray's and Serve's error classes for a refused or vanished replica are public
@@ -31,9 +34,12 @@ __all__ = [
     "BackPressureError",
     "back_off_between_rounds",
     "by_reference",
+    "chosen_replica",
     "end_this_replica",
+    "haproxy_enabled",
     "probe_queue_lens",
     "serve_http_host",
+    "with_ingress_router",
 ]
 
 
@@ -67,3 +73,23 @@ def end_this_replica() -> None:
     import ray
 
     ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+
+def haproxy_enabled() -> bool:
+    """Whether Serve's HTTP front is HAProxy (``RAY_SERVE_ENABLE_HA_PROXY``), not its Python proxy."""
+    from ray.serve._private.constants import RAY_SERVE_ENABLE_HA_PROXY
+
+    return bool(RAY_SERVE_ENABLE_HA_PROXY)
+
+
+def with_ingress_router(app: Any, router: Any) -> Any:
+    """``app`` (whose ingress deployment serves HTTP) with ``router``, a one-deployment
+    application that HAProxy asks (``POST /internal/route``) which of the ingress's replicas
+    takes each POST; HAProxy then forwards the request to that replica itself."""
+    return app._with_ingress_request_router(router)
+
+
+async def chosen_replica(handle: Any) -> str:
+    """The full actor name of the replica ``handle``'s request router picks (nothing is sent to it)."""
+    async with handle.choose_replica(_reserve=False) as selection:
+        return selection._replica.replica_id.to_full_id_str()

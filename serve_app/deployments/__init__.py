@@ -13,7 +13,7 @@ LLM = "PixtralServer"
 __all__, __getattr__ = _lazy_exports(
     __name__,
     {
-        "colocated": ("ColocatedServer",),
+        "colocated": ("ColocatedServer", "with_picker"),
         "image_pool": ("ImagePool",),
         "ingress": ("OpenAIIngress",),
         "pixtral_server": ("EngineFactory", "PixtralServer", "vllm_engine_factory"),

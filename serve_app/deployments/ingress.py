@@ -124,10 +124,7 @@ class ChatIngress:
         # routers learn the routable replicas, which /ready and the door answer from, at once.
         self._pool = by_reference(image_pool.options())
         if llm is not None:
-            self._llm_stream = llm.options(stream=True)  # one handle, not one per request
-            # The pool's pixels go to the LLM by reference (PooledImage): calls with images take the
-            # task path, where the reference is counted; text-only calls keep Serve's transport.
-            self._llm_stream_images = by_reference(self._llm_stream)
+            self._reach_llm(llm)
         self._routing = RoutingPolicy.of(config.llm)
         self._api_keys = config.ingress.resolved_api_keys()
         listener = await asyncio.to_thread(serve_http_host)
@@ -147,6 +144,12 @@ class ChatIngress:
             boundaries=_STAGE_SECONDS,
             tag_keys=("stage",),
         )
+
+    def _reach_llm(self, llm: DeploymentHandle) -> None:
+        self._llm_stream = llm.options(stream=True)  # one handle, not one per request
+        # The pool's pixels go to the LLM by reference (PooledImage): calls with images take the
+        # task path, where the reference is counted; text-only calls keep Serve's transport.
+        self._llm_stream_images = by_reference(self._llm_stream)
 
     def _authenticate(self, request: Request) -> None:
         if not self._keys_required:
@@ -240,18 +243,22 @@ class ChatIngress:
         )
         return JSONResponse(body, headers=headers)
 
-    async def _first_chunk(self, key: str, call: GenerateCall, clock: StageClock) -> tuple[Any, Any]:
+    async def _first_chunk(
+        self, key: str, call: GenerateCall, clock: StageClock, refused_here: AdmissionRefusedError | None = None
+    ) -> tuple[Any, Any]:
         """The LLM's stream and its first chunk, which comes before any byte is sent, so prompt
         and engine errors still get their own status code. A replica whose admission refuses
         the request hands it on: the router tries the replicas that have not refused it, and
-        the client gets 429 only once every routable replica has."""
+        the client gets 429 only once every routable replica has. ``refused_here``: this
+        replica's own engine has refused it already (``deployments.colocated``)."""
         request_id = call.request_id
         placements = replica_set.shared()  # not a module-level name: see replica_set.shared
         placement = placements.track(request_id)
-        refusals: list[AdmissionRefusedError] = []
+        refusals: list[AdmissionRefusedError] = [refused_here] if refused_here else []
+        this = frozenset({serve.get_replica_context().replica_id.unique_id}) if refused_here else frozenset()
         try:
             while True:
-                tag = RoutingTag(request_id=request_id, key=key, avoid=frozenset(placement.replicas))
+                tag = RoutingTag(request_id=request_id, key=key, avoid=frozenset(placement.replicas) | this)
                 handle = self._llm_stream_images if call.images else self._llm_stream
                 stream = handle.options(session_id=tag.encode()).generate.remote(*call)
                 clock.mark("route")  # a refused attempt (admission) counts as route too
@@ -267,7 +274,7 @@ class ChatIngress:
                     routable = self._replicas.engine_replicas() or frozenset()
                     # Every replica has said no (or, should a placement go unreported, as many
                     # refusals as there are replicas: never a loop).
-                    if routable <= set(placement.replicas) or len(refusals) >= max(1, len(routable)):
+                    if routable <= set(placement.replicas) | this or len(refusals) >= max(1, len(routable)):
                         raise min(refusals, key=lambda refusal: refusal.retry_after_s or 0) from None
         finally:
             placements.forget(request_id)

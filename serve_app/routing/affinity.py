@@ -95,3 +95,35 @@ def route(
     if other_len is None or other_len >= preferred_len:
         return RoutingDecision(order=order, preferred=preferred, fell_back=False)
     return RoutingDecision(order=[other, *(r for r in order if r != other)], preferred=preferred, fell_back=True)
+
+
+def _url_of(part: Mapping[str, Any]) -> str:
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, Mapping) else image
+    return url if isinstance(url, str) else ""
+
+
+def body_affinity_key(body: Any, *, prefix_chars: int) -> str:
+    """``affinity_key`` of a chat request as the client sent it (the parsed JSON body), for a
+    router that picks the replica before the image pool has seen the images: each image is
+    named by a digest of its URL's text (a chat client resends the same data: URL or link every
+    turn). "" (route by load alone) for a body that is not a chat request: the replica that
+    gets it answers with the error."""
+    try:
+        messages = body["messages"]
+        leading = []
+        for message in messages:  # the messages affinity_key reads: up to the first user message
+            leading.append({"role": str(message["role"]), "content": message["content"]})
+            if message["role"] == "user":
+                break
+        urls = (
+            _url_of(part)
+            for message in leading
+            if not isinstance(message["content"], str)
+            for part in message["content"]
+            if part.get("type") != "text"
+        )
+        digests = (hashlib.blake2b(url.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest() for url in urls)
+        return affinity_key(leading, list(digests), prefix_chars=prefix_chars)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return ""

@@ -1,9 +1,11 @@
-"""``ingress.colocated``: the OpenAI API served by the LLM replica itself, beside the session's app.
+"""``ingress.colocated``: the OpenAI API served by the LLM replicas themselves, beside the session's app.
 
-A stand-in engine (tests/e2e/fake_engine.py) keeps this app's one LLM replica to a sliver of a CPU,
+A stand-in engine (tests/e2e/fake_engine.py) keeps these apps' LLM replicas to a sliver of a CPU,
 as the session runs one real engine; what is tested is the wiring: the app has no ingress
-deployment, its one replica answers the SDK (with the pool's images), checks keys, refuses on
-admission with 429 + Retry-After, and a client that goes away aborts the engine's request.
+deployment, its replica answers the SDK (with the pool's images), checks keys, refuses on
+admission with 429 + Retry-After, and a client that goes away aborts the engine's request. With
+two replicas, a request one replica's admission refuses is answered by the other, and 429 comes
+only once both have refused.
 """
 
 from __future__ import annotations
@@ -21,17 +23,17 @@ MODEL = "tiny-colocated"
 BOUND_S = 60
 
 
-def _config(api_key: str):
+def _config(api_key: str, replicas: int = 1):
     from serve_app.config import AppConfig
 
     return AppConfig.model_validate(
         cpu_app_args(
             served_model_name=MODEL,
-            ingress={"api_keys": [api_key], "colocated": True},
+            ingress={"api_keys": [api_key], "colocated": True, "replica_header": True},
             image_pool={"num_cpus": 0.05, "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
             llm={
                 "num_cpus": 0.05,
-                "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+                "autoscaling": {"min_replicas": replicas, "max_replicas": replicas},
                 # 100 output tokens/s: a 2000-token answer alone is 20 s of work, past the 5 s limit.
                 "admission": {"max_pending_s": 5, "prefill_tokens_per_s": 100000, "decode_tokens_per_s": 100,
                               "output_tokens_estimate": 4096},
@@ -40,16 +42,25 @@ def _config(api_key: str):
     )
 
 
-@pytest.fixture(scope="module")
-def colocated_app(served, api_key):
+def _deploy(served: str, api_key: str, name: str, replicas: int) -> str:
     import fake_engine
     import ray.cloudpickle
 
     from serve_app.app import build_pipeline
 
     ray.cloudpickle.register_pickle_by_value(fake_engine)
-    return deploy(build_pipeline(_config(api_key), fake_engine.FakeSlowEngine), name="colocated",
-                  base=served, route_prefix="/colocated")
+    return deploy(build_pipeline(_config(api_key, replicas), fake_engine.FakeSlowEngine), name=name,
+                  base=served, route_prefix=f"/{name}")
+
+
+@pytest.fixture(scope="module")
+def colocated_app(served, api_key):
+    return _deploy(served, api_key, "colocated", replicas=1)
+
+
+@pytest.fixture(scope="module")
+def colocated_pair(served, api_key):
+    return _deploy(served, api_key, "colocated-pair", replicas=2)
 
 
 def _engine_requests() -> int:
@@ -105,3 +116,28 @@ def test_a_client_that_goes_away_aborts_the_engines_request(colocated_app, api_k
     while _engine_requests() != 0:
         assert time.monotonic() - left < 4, "the engine still runs the request of a client that went away"
         time.sleep(0.2)
+
+
+def test_a_request_one_replica_refuses_is_answered_by_the_other(colocated_pair, api_key):
+    from ray import serve
+
+    from serve_app.compat.ray_serve import haproxy_enabled
+
+    deployments = set(serve.status().applications["colocated-pair"].deployments)
+    # Behind HAProxy, the ReplicaPicker tells it which replica takes each POST.
+    assert deployments == {"PixtralServer", "ImagePool"} | ({"ReplicaPicker"} if haproxy_enabled() else set())
+    url = colocated_pair + "/v1/chat/completions"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000, "stream": True}
+    # The same conversation (and, behind Serve's proxy, the same routing key: RoutingTag's format
+    # in x-session-id) goes to the same replica first; each request holds an estimated 20 s of work,
+    # past the 5 s limit, so that replica refuses the second and hands it on.
+    headers = {"Authorization": f"Bearer {api_key}", "x-session-id": "|one-conversation|"}
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=BOUND_S) as first:
+        assert first.status_code == 200
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=BOUND_S) as second:
+            assert second.status_code == 200, second.read()
+            assert first.headers["x-pixtral-replica"] != second.headers["x-pixtral-replica"]
+            third = httpx.post(url, json=body, headers=headers, timeout=BOUND_S)
+    assert third.status_code == 429, third.text
+    assert third.json()["error"]["code"] == "server_overloaded"
+    assert int(third.headers["retry-after"]) >= 1

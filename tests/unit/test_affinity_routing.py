@@ -152,3 +152,58 @@ def test_adding_a_replica_moves_keys_only_to_it_and_about_one_in_n():
 def test_no_replicas_is_an_error():
     with pytest.raises(ValueError):
         route("k", {}, busy_at=1)
+
+
+def chat_body(turns: int, image_url: str = "data:image/jpeg;base64,/9j/AAAA", question="What is in this picture?"):
+    """A client's request body on turn ``turns`` of a conversation that resends its image each turn."""
+    opening = {"role": "user", "content": [{"type": "text", "text": question},
+                                           {"type": "image_url", "image_url": {"url": image_url}}]}
+    messages = [{"role": "system", "content": "Be brief."}, opening]
+    for turn in range(1, turns):
+        messages += [{"role": "assistant", "content": f"answer {turn}"},
+                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"https://x/{turn}"}}]}]
+    return {"model": "pixtral", "messages": messages, "stream": True}
+
+
+def test_a_body_has_one_key_for_every_turn_and_another_for_another_image_or_opening():
+    from serve_app.routing.affinity import body_affinity_key
+
+    keys = {body_affinity_key(chat_body(turns), prefix_chars=2048) for turns in (1, 2, 6)}
+    assert len(keys) == 1 and "" not in keys
+    (same,) = keys
+    assert body_affinity_key(chat_body(1, "data:image/jpeg;base64,/9j/AAAB"), prefix_chars=2048) != same
+    assert body_affinity_key(chat_body(1, question="Describe it."), prefix_chars=2048) != same
+    # The image named by a bare string (as some clients send it) is the same image.
+    bare = chat_body(3)
+    bare["messages"][1]["content"][1]["image_url"] = "data:image/jpeg;base64,/9j/AAAA"
+    assert body_affinity_key(bare, prefix_chars=2048) == same
+    # Only the opening's first prefix_chars characters of text count.
+    assert body_affinity_key(chat_body(1, question="Describe it."), prefix_chars=0) == body_affinity_key(
+        chat_body(1), prefix_chars=0)
+
+
+@pytest.mark.parametrize("body", [
+    None, [], "text", {}, {"messages": None}, {"messages": [None]}, {"messages": [{"role": "user"}]},
+    {"messages": [{"role": "user", "content": 5}]}, {"messages": [{"role": "user", "content": [5]}]},
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+])
+def test_a_body_that_is_not_a_chat_request_routes_by_load(body):
+    from serve_app.routing.affinity import body_affinity_key
+
+    assert body_affinity_key(body, prefix_chars=2048) == ""
+
+
+def test_the_replica_picker_keys_a_whole_body_and_not_a_cut_one():
+    import json
+
+    from serve_app.routing.affinity import body_affinity_key
+    from serve_app.routing.policy import RoutingPolicy
+    from serve_app.routing.replica_picker import ReplicaPicker
+
+    body = json.dumps(chat_body(2)).encode()
+    picker = ReplicaPicker(llm=None, routing=RoutingPolicy(affinity=True, prefix_chars=2048, busy_at=64))
+    assert picker.key(body, truncated=False) == body_affinity_key(chat_body(2), prefix_chars=2048) != ""
+    assert picker.key(body, truncated=True) == ""  # HAProxy cut it (X-Body-Truncated)
+    assert picker.key(body[:-10], truncated=False) == "" and picker.key(b"", truncated=False) == ""
+    pow2 = ReplicaPicker(llm=None, routing=RoutingPolicy(affinity=False, prefix_chars=2048, busy_at=64))
+    assert pow2.key(body, truncated=False) == ""

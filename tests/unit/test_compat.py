@@ -102,6 +102,56 @@ def test_by_reference_is_a_handle_option_that_reaches_the_request_metadata():
     assert serve_compat.by_reference(FakeHandle()) == {"_by_reference": True}
 
 
+def test_the_ingress_router_hook_and_haproxy_switch_exist():
+    from ray.serve import Application
+    from ray.serve._private import constants
+
+    assert callable(getattr(Application, "_with_ingress_request_router", None)), moved(
+        "Application._with_ingress_request_router"
+    )
+    assert isinstance(getattr(constants, "RAY_SERVE_ENABLE_HA_PROXY", None), bool), moved(
+        "ray.serve._private.constants.RAY_SERVE_ENABLE_HA_PROXY"
+    )
+    assert serve_compat.haproxy_enabled() is constants.RAY_SERVE_ENABLE_HA_PROXY
+
+    class App:
+        def _with_ingress_request_router(self, router):
+            return ("app with", router)
+
+    assert serve_compat.with_ingress_router(App(), "picker") == ("app with", "picker")
+
+
+def test_chosen_replica_picks_without_reserving_and_names_the_replica_actor():
+    import asyncio
+    from contextlib import asynccontextmanager
+
+    from ray.serve._private import router
+    from ray.serve._private.common import DeploymentID, ReplicaID
+    from ray.serve._private.request_router.replica_wrapper import ReplicaSelection
+    from ray.serve.handle import DeploymentHandle
+
+    assert callable(getattr(DeploymentHandle, "choose_replica", None)), moved("DeploymentHandle.choose_replica")
+    source = inspect.getsource(router)
+    assert 'request_kwargs.pop("_reserve", True)' in source, moved("the router's choose_replica(_reserve=)")
+    assert "_replica" in ReplicaSelection.__annotations__, moved("ReplicaSelection._replica")
+    replica_id = ReplicaID("abc123", DeploymentID(name="PixtralServer", app_name="pixtral"))
+    assert replica_id.to_full_id_str().endswith("PixtralServer#abc123"), moved("ReplicaID.to_full_id_str")
+
+    class Handle:
+        @asynccontextmanager
+        async def choose_replica(self, **kwargs):
+            assert kwargs == {"_reserve": False}
+
+            class Selection:
+                class _replica:
+                    pass
+
+            Selection._replica.replica_id = replica_id
+            yield Selection
+
+    assert asyncio.run(serve_compat.chosen_replica(Handle())) == replica_id.to_full_id_str()
+
+
 def test_replica_gone_and_back_pressure_are_classes_ray_raises():
     for cls in (*serve_compat.REPLICA_GONE, serve_compat.BackPressureError):
         assert inspect.isclass(cls) and issubclass(cls, BaseException), cls

@@ -322,21 +322,32 @@ def test_tensor_parallel_replicas_fit_by_whole_placement_groups():
     assert replicas_that_fit({"CPU": 2 * cpus, "GPU": 2 * tp + tp - 1}, llm_bundles(config)) == 2
 
 
-def test_a_colocated_api_needs_exactly_one_llm_replica(caplog):
-    """``ingress.colocated`` serves the API from the LLM replica: with several, requests would skip
-    the cache-affinity router and admission's hand-on, so the config says so before any replica starts."""
+@pytest.mark.parametrize("haproxy", [False, True])
+def test_a_colocated_api_is_routed_by_our_router_wherever_it_can_be(caplog, monkeypatch, haproxy):
+    """``ingress.colocated``: the LLM deployment is the app's ingress. Behind HAProxy with several
+    replicas, a ReplicaPicker tells HAProxy which replica takes each POST (our router's pick); with
+    one, HAProxy forwards to it (Serve refuses a custom router on an ingress it fronts alone); behind
+    Serve's Python proxy, the proxy routes with our router itself."""
+    import serve_app.app
+
+    monkeypatch.setattr(serve_app.app, "haproxy_enabled", lambda: haproxy)
     args = app_args("config.cpu.yaml")
     args["ingress"] = {"colocated": True, "retry_after_s": 2}  # the body budget's 429s still use retry_after_s
-    args["llm"]["autoscaling"] = {"min_replicas": 1, "max_replicas": 2}
-    with pytest.raises(ValidationError, match="llm.autoscaling.max_replicas to 1"):
-        AppConfig.model_validate(args)
-    args["llm"]["autoscaling"] = {"min_replicas": 1, "max_replicas": 1}
-    ingress = build_pipeline(AppConfig.model_validate(args))._bound_deployment
-    # The LLM deployment is the app's ingress (its pool handle its one argument besides the config),
-    # on Serve's own router: HAProxy refuses a custom one on an ingress.
-    assert ingress.name == "PixtralServer" and ingress.init_args[1]._bound_deployment.name == "ImagePool"
-    router = ingress._deployment_config.request_router_config.request_router_class
-    assert router.endswith("PowerOfTwoChoicesRequestRouter"), router
+    for replicas in (1, 2):
+        args["llm"]["autoscaling"] = {"min_replicas": 1, "max_replicas": replicas}
+        app = build_pipeline(AppConfig.model_validate(args))
+        ingress = app._bound_deployment
+        # The LLM deployment is the app's ingress (its pool handle its one argument besides the config).
+        assert ingress.name == "PixtralServer" and ingress.init_args[1]._bound_deployment.name == "ImagePool"
+        router = ingress._deployment_config.request_router_config.request_router_class
+        ours = not haproxy or replicas > 1
+        assert router.endswith("CacheAffinityRouter" if ours else "PowerOfTwoChoicesRequestRouter"), router
+        picker = app._ingress_request_router
+        if haproxy and replicas > 1:
+            assert picker._bound_deployment.name == "ReplicaPicker"
+            assert picker._bound_deployment.init_args[0] is app  # it picks among this app's replicas
+        else:
+            assert picker is None
     # The ingress deployment's own resources and scaling no longer apply: said once, at build.
     assert "do(es) not apply" not in caplog.text
     args["ingress"]["num_cpus"], args["ingress"]["autoscaling"] = 0.5, {"min_replicas": 2, "max_replicas": 2}

@@ -26,12 +26,12 @@ PUBLIC = {
         "unwrap", "unwrap_cause",
     ],
     "serve_app.compat": [
-        "BackPressureError", "REPLICA_GONE", "back_off_between_rounds", "by_reference", "end_this_replica", "image_to_num_tokens",
-        "probe_queue_lens", "serve_http_host",
+        "BackPressureError", "REPLICA_GONE", "back_off_between_rounds", "by_reference", "chosen_replica", "end_this_replica",
+        "haproxy_enabled", "image_to_num_tokens", "probe_queue_lens", "serve_http_host", "with_ingress_router",
     ],
     "serve_app.deployments": [
         "ColocatedServer", "EngineFactory", "IMAGE_POOL", "INGRESS", "ImagePool", "LLM", "OpenAIIngress", "PixtralServer",
-        "vllm_engine_factory",
+        "vllm_engine_factory", "with_picker",
     ],
     "serve_app.engine": [
         "ChatPrompt", "DefaultSystemPrompt", "Engine", "GenerationChunk", "MISTRAL_COMMON_DATA",
@@ -45,7 +45,7 @@ PUBLIC = {
     ],
     "serve_app.routing": [
         "CacheAffinityRouter", "Placement", "ReplicaSets", "RoutingDecision", "RoutingPolicy", "RoutingTag",
-        "affinity_key", "rendezvous_order", "route", "router_config",
+        "ReplicaPicker", "affinity_key", "body_affinity_key", "picker_api", "rendezvous_order", "route", "router_config",
     ],
 }
 
