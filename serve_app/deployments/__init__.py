@@ -9,6 +9,7 @@ from serve_app import _lazy_exports
 INGRESS = "OpenAIIngress"
 IMAGE_POOL = "ImagePool"
 LLM = "PixtralServer"
+PICKER = "ReplicaPicker"  # with ingress.colocated and several LLM replicas behind HAProxy
 
 __all__, __getattr__ = _lazy_exports(
     __name__,
@@ -19,4 +20,4 @@ __all__, __getattr__ = _lazy_exports(
         "pixtral_server": ("EngineFactory", "PixtralServer", "vllm_engine_factory"),
     },
 )
-__all__ += ["IMAGE_POOL", "INGRESS", "LLM"]
+__all__ += ["IMAGE_POOL", "INGRESS", "LLM", "PICKER"]

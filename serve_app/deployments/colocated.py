@@ -22,12 +22,11 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.api.server_timing import StageClock
 from serve_app.compat import with_ingress_router
 from serve_app.config import AppConfig
-from serve_app.deployments import LLM
+from serve_app.deployments import LLM, PICKER
 from serve_app.deployments.ingress import ChatIngress, GenerateCall, chat_api
 from serve_app.deployments.pixtral_server import EngineFactory, PixtralServer, vllm_engine_factory
 from serve_app.errors import AdmissionRefusedError, PixtralServeError
-from serve_app.routing.policy import RoutingPolicy
-from serve_app.routing import ReplicaPicker, picker_api
+from serve_app.routing import ReplicaPicker, RoutingPolicy, picker_api
 
 
 class ChatAndEngine(ChatIngress, PixtralServer.func_or_class):
@@ -51,7 +50,8 @@ class ChatAndEngine(ChatIngress, PixtralServer.func_or_class):
             await asgi_shutdown()
 
     async def _first_chunk(self, key: str, call: GenerateCall, clock: StageClock) -> tuple[Any, Any]:
-        """This replica's own stream: an admission refusal is the client's 429 at once."""
+        """This replica's own stream. When its admission refuses the request, the other replicas are
+        tried over a Serve handle (the ingress topology's hand-on); with none, the client gets 429."""
         stream = self.generate(*call)
         clock.mark("route")
         try:
@@ -66,7 +66,7 @@ class ChatAndEngine(ChatIngress, PixtralServer.func_or_class):
 
 
 ColocatedServer = serve.deployment(name=LLM)(serve.ingress(chat_api(ChatAndEngine))(ChatAndEngine))
-ColocatedPicker = serve.deployment(name="ReplicaPicker", max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})(
+ColocatedPicker = serve.deployment(name=PICKER, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})(
     serve.ingress(picker_api)(ReplicaPicker)
 )
 

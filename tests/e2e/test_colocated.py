@@ -99,6 +99,11 @@ def test_keys_and_admission_are_checked_by_the_llm_replica(colocated_app, api_ke
     assert busy.status_code == 429, busy.text
     assert int(busy.headers["retry-after"]) >= 1
     assert busy.json()["error"]["code"] == "server_overloaded"
+    # The first stream's client has gone: its work leaves the replica (behind HAProxy, a moment later).
+    left = time.monotonic()
+    while _engine_requests() != 0:
+        assert time.monotonic() - left < 10, "the engine still holds a request whose client went away"
+        time.sleep(0.2)
 
 
 def test_a_client_that_goes_away_aborts_the_engines_request(colocated_app, api_key):
@@ -141,3 +146,24 @@ def test_a_request_one_replica_refuses_is_answered_by_the_other(colocated_pair, 
     assert third.status_code == 429, third.text
     assert third.json()["error"]["code"] == "server_overloaded"
     assert int(third.headers["retry-after"]) >= 1
+
+
+def test_behind_haproxy_every_turn_of_a_conversation_reaches_one_replica(colocated_pair, api_key):
+    from serve_app.compat.ray_serve import haproxy_enabled
+
+    if not haproxy_enabled():
+        pytest.skip("Serve's Python proxy routes on load alone (make test-haproxy runs this)")
+    headers = {"Authorization": f"Bearer {api_key}"}
+    seen = {}
+    for conversation in range(6):
+        messages = [user_message(data_url(jpeg_bytes(conversation, (64, 48))), text=f"conversation {conversation}")]
+        for turn in range(3):
+            body = {"model": MODEL, "messages": messages, "max_tokens": 16, "stream": True}
+            # The replica is named in the headers, before the first chunk: the stream is left there.
+            with httpx.stream("POST", colocated_pair + "/v1/chat/completions", json=body, headers=headers,
+                              timeout=BOUND_S) as response:
+                assert response.status_code == 200, response.read()
+                seen.setdefault(conversation, set()).add(response.headers["x-pixtral-replica"])
+            messages += [{"role": "assistant", "content": f"answer {turn}"},
+                         {"role": "user", "content": f"and turn {turn + 1}?"}]
+    assert all(len(replicas) == 1 for replicas in seen.values()), seen

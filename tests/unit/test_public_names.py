@@ -30,7 +30,7 @@ PUBLIC = {
         "haproxy_enabled", "image_to_num_tokens", "probe_queue_lens", "serve_http_host", "with_ingress_router",
     ],
     "serve_app.deployments": [
-        "ColocatedServer", "EngineFactory", "IMAGE_POOL", "INGRESS", "ImagePool", "LLM", "OpenAIIngress", "PixtralServer",
+        "ColocatedServer", "EngineFactory", "IMAGE_POOL", "INGRESS", "ImagePool", "LLM", "OpenAIIngress", "PICKER", "PixtralServer",
         "vllm_engine_factory", "with_picker",
     ],
     "serve_app.engine": [
