@@ -89,7 +89,8 @@ def with_ingress_router(app: Any, router: Any) -> Any:
     return app._with_ingress_request_router(router)
 
 
-async def chosen_replica(handle: Any) -> str:
-    """The full actor name of the replica ``handle``'s request router picks (nothing is sent to it)."""
-    async with handle.choose_replica(_reserve=False) as selection:
+async def chosen_replica(handle: Any, *args: Any) -> str:
+    """The full actor name of the replica ``handle``'s request router picks (nothing is sent to it);
+    ``args`` reach the router (``PendingRequest.args``)."""
+    async with handle.choose_replica(*args, _reserve=False) as selection:
         return selection._replica.replica_id.to_full_id_str()

@@ -7,7 +7,8 @@ as the container image sets, its body up to ``RAY_SERVE_HAPROXY_INGRESS_REQUEST_
 replica named in the answer (Ray Serve LLM's direct streaming works the same way). The pick is
 the LLM deployment's own request router's (``CacheAffinityRouter``) with the request's affinity
 key taken from the body (``affinity.body_affinity_key``), so every turn of a conversation goes
-to the replica that holds its prefix cache, as in the ingress topology. A body that is cut
+to the replica that holds its prefix cache, as in the ingress topology; the queue lengths behind
+its busy bound come from probes here (``request_router.PICK_ONLY``), at most 10 s old. A body that is cut
 short or is not a chat request routes by load alone; the replica answers it.
 """
 
@@ -23,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.compat import chosen_replica
 from serve_app.routing.affinity import body_affinity_key
 from serve_app.routing.policy import RoutingPolicy
-from serve_app.routing.request_router import RoutingTag
+from serve_app.routing.request_router import PICK_ONLY, RoutingTag
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class ReplicaPicker:
         key = self.key(body, truncated) if len(body) < 65536 else await asyncio.to_thread(self.key, body, truncated)
         handle = self._llm.options(session_id=RoutingTag(key=key).encode())
         try:
-            return {"replica_id": await asyncio.wait_for(chosen_replica(handle), PICK_LIMIT_S)}
+            return {"replica_id": await asyncio.wait_for(chosen_replica(handle, PICK_ONLY), PICK_LIMIT_S)}
         except TimeoutError:
             # HAProxy answers the client 503 (its own body) for any answer but 200.
             raise HTTPException(status_code=503, detail="no LLM replica could be picked") from None

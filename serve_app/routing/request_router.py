@@ -28,6 +28,11 @@ from serve_app.routing.affinity import route
 
 _SEPARATOR = "|"
 
+PICK_ONLY = "pick-only"
+"""``choose_replica``'s argument from a caller that only picks (``ReplicaPicker``: HAProxy sends the
+request): no request of its goes through this router, so the queue lengths it holds come from probes
+alone, and a keyed request probes the replicas it does not know (Serve keeps a probe for 10 s)."""
+
 
 @dataclass(frozen=True)
 class RoutingTag:
@@ -105,6 +110,10 @@ class CacheAffinityRouter(FIFOMixin, RequestRouter):
         by_id = {replica.replica_id.unique_id: replica for replica in fresh}
         cache = self.replica_queue_len_cache
         lens = {name: cache.get(replica.replica_id) for name, replica in by_id.items()}
+        if pending_request is not None and PICK_ONLY in pending_request.args:
+            unknown = [by_id[name] for name, length in lens.items() if length is None]
+            for replica, length in await probe_queue_lens(self, unknown) if unknown else ():
+                lens[replica.replica_id.unique_id] = length
         decision = route(tag.key, lens, busy_at=self._busy_at, rng=self._rng)
         preferred_len = lens[decision.preferred]
         unknown = [by_id[name] for name, length in lens.items() if length is None]

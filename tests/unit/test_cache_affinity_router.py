@@ -34,11 +34,12 @@ class FakeReplica:
         return self.queue_len
 
 
-def request(key: str, *, request_id: str = "r", avoid: tuple[str, ...] = ()) -> PendingRequest:
+def request(key: str, *, request_id: str = "r", avoid: tuple[str, ...] = (), args=()) -> PendingRequest:
     """A pending request carrying the ingress's routing tag (request id, affinity key, refusals)."""
     tag = RoutingTag(request_id=request_id, key=key, avoid=frozenset(avoid))
     return PendingRequest(
-        args=[], kwargs={}, metadata=RequestMetadata(request_id="r", internal_request_id="r", session_id=tag.encode())
+        args=list(args), kwargs={},
+        metadata=RequestMetadata(request_id="r", internal_request_id="r", session_id=tag.encode()),
     )
 
 
@@ -104,6 +105,32 @@ def test_busy_preferred_replica_probes_replicas_missing_from_the_cache():
     first, other, new_probes = run(scenario())
     assert first == [other]
     assert new_probes == 1
+
+
+def test_a_pick_only_caller_learns_the_queue_lengths_by_probing_and_keeps_the_busy_bound():
+    """ReplicaPicker's picks send nothing through the router, so no reply ever fills its cache: a keyed
+    pick probes the replicas it does not know, and a busy preferred replica still hands the key on."""
+    from serve_app.routing.request_router import PICK_ONLY
+
+    async def scenario():
+        preferred, other = rendezvous_order("k", ["aaaa", "bbbb"])
+        replicas = {preferred: FakeReplica(preferred, 9), other: FakeReplica(other, 0)}
+        router = await router_with(list(replicas.values()), busy_at=4)
+        for replica in replicas.values():
+            router.replica_queue_len_cache.invalidate_key(replica.replica_id)
+        blind = await router.choose_replicas(list(replicas.values()), request("k"))
+        probes = {name: replica.probes for name, replica in replicas.items()}
+        picked = await router.choose_replicas(list(replicas.values()), request("k", args=[PICK_ONLY]))
+        probed = {name: replica.probes - probes[name] for name, replica in replicas.items()}
+        before_again = sum(replica.probes for replica in replicas.values())
+        again = await router.choose_replicas(list(replicas.values()), request("k", args=[PICK_ONLY]))
+        probed_again = sum(replica.probes for replica in replicas.values()) - before_again
+        return names(blind)[0], names(picked)[0], names(again)[0], probed, probed_again, preferred, other
+
+    blind, picked, again, probed, probed_again, preferred, other = run(scenario())
+    assert blind == [preferred]  # unknown lengths never move a key
+    assert picked == [other] and probed == {preferred: 1, other: 1}
+    assert again == [other] and probed_again == 0  # the probes' answers are cached
 
 
 def test_request_without_a_key_gets_two_random_choices():

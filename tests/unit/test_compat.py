@@ -139,8 +139,8 @@ def test_chosen_replica_picks_without_reserving_and_names_the_replica_actor():
 
     class Handle:
         @asynccontextmanager
-        async def choose_replica(self, **kwargs):
-            assert kwargs == {"_reserve": False}
+        async def choose_replica(self, *args, **kwargs):
+            assert args == ("pick-only",) and kwargs == {"_reserve": False}
 
             class Selection:
                 class _replica:
@@ -149,7 +149,7 @@ def test_chosen_replica_picks_without_reserving_and_names_the_replica_actor():
             Selection._replica.replica_id = replica_id
             yield Selection
 
-    assert asyncio.run(serve_compat.chosen_replica(Handle())) == replica_id.to_full_id_str()
+    assert asyncio.run(serve_compat.chosen_replica(Handle(), "pick-only")) == replica_id.to_full_id_str()
 
 
 def test_replica_gone_and_back_pressure_are_classes_ray_raises():
