@@ -20,4 +20,5 @@ if HF_TOKEN="$(_pixtral_secret pixtral-serve/hf-token 2>/dev/null)"; then export
 export RAY_SERVE_THROUGHPUT_OPTIMIZED=1
 export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH=134217728
 export RAY_SERVE_ENABLE_HA_PROXY=1
+export RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.api.proxy_errors:openai_error_bodies

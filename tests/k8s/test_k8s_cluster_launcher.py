@@ -139,19 +139,24 @@ def test_ray_serve_throughput_mode_is_set_the_same_everywhere_it_runs():
     """Ray reads these at process start, so each way of starting Ray must set them: the image
     (k8s), the cluster launcher's node env, `make run`, and the e2e tests (what CI exercises).
     HAProxy only where the API is served to a network: it binds its stats and metrics ports on
-    every interface, and `make run` and the tests serve on loopback only."""
+    every interface, and `make run` and the tests serve on loopback only; with it the body for the
+    ReplicaPicker (read only by HAProxy)."""
     image = _ray_serve_env("k8s/image/Dockerfile", r"^ENV (RAY_SERVE_\w+)=(\S+)$")
     assert image == {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "134217728",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
         "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.api.proxy_errors:openai_error_bodies",
     }
     assert _ray_serve_env("cluster/node-env.sh", r"^export (RAY_SERVE_\w+)=(\S+)$") == image
-    loopback = {k: v for k, v in image.items() if k != "RAY_SERVE_ENABLE_HA_PROXY"}
+    haproxy = {"RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"}
+    loopback = {k: v for k, v in image.items() if k not in haproxy}
     assert _ray_serve_env("Makefile", r"^run: export (RAY_SERVE_\w+) := (\S+)$") == loopback
     assert _ray_serve_env("tests/e2e/conftest.py", r'^\s+"(RAY_SERVE_\w+)": "(\S+)",$') == loopback
-    assert "RAY_SERVE_ENABLE_HA_PROXY=1 $(PY) -m pytest -q tests/e2e" in (REPO_ROOT / "Makefile").read_text()
+    assert "RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1 $(PY) -m pytest -q tests/e2e" in (
+        REPO_ROOT / "Makefile"
+    ).read_text()
     # gRPC carries request bodies (data: URLs) and prepared pixels between deployments: its
     # per-message cap must sit above the largest body the ingress accepts.
     from serve_app.config import IngressConfig
