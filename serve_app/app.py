@@ -122,7 +122,8 @@ def build_pipeline(config: AppConfig, engine_factory: EngineFactory = vllm_engin
             # HAProxy forwards to the one replica (Serve refuses a custom router on an ingress it fronts).
             del options["request_router_config"]
             return ColocatedServer.options(**options).bind(config, pool, engine_factory)
-        return with_picker(ColocatedServer.options(**options).bind(config, pool, engine_factory), RoutingPolicy.of(config.llm))
+        server = ColocatedServer.options(**options).bind(config, pool, engine_factory)
+        return with_picker(server, RoutingPolicy.of(config.llm))  # HAProxy asks it which replica takes a POST
     llm = PixtralServer.options(**llm_options(config)).bind(config, engine_factory)
     return OpenAIIngress.options(
         **_common_options(config.ingress),

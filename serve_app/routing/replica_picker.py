@@ -8,8 +8,8 @@ replica named in the answer (Ray Serve LLM's direct streaming works the same way
 the LLM deployment's own request router's (``CacheAffinityRouter``) with the request's affinity
 key taken from the body (``affinity.body_affinity_key``), so every turn of a conversation goes
 to the replica that holds its prefix cache, as in the ingress topology; the queue lengths behind
-its busy bound come from probes here (``request_router.PICK_ONLY``), at most 10 s old. A body that is cut
-short or is not a chat request routes by load alone; the replica answers it.
+its busy bound come from probes here (``request_router.PICK_ONLY``), at most 10 s old. A body that
+is cut short or is not a chat request routes by load alone; the replica answers it.
 """
 
 from __future__ import annotations
