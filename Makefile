@@ -71,7 +71,8 @@ test-scale-out: $(STAMP) model
 # The e2e suite behind Serve's HAProxy on port 8000, as the image and the cluster nodes run it
 # (README, Direct ingress); its stats and metrics ports (8404, 9101) listen on every interface.
 test-haproxy: $(STAMP) model prometheus
-	RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1 $(PY) -m pytest -q tests/e2e
+	RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1 RAY_SERVE_INGRESS_ROUTER_REPLICAS_PER_NODE=2 \
+	  $(PY) -m pytest -q tests/e2e
 
 manifests: $(STAMP)
 	$(PY) -m tools.manifests

@@ -167,3 +167,25 @@ def test_behind_haproxy_every_turn_of_a_conversation_reaches_one_replica(colocat
             messages += [{"role": "assistant", "content": f"answer {turn}"},
                          {"role": "user", "content": f"and turn {turn + 1}?"}]
     assert all(len(replicas) == 1 for replicas in seen.values()), seen
+
+
+def test_behind_haproxy_a_picker_that_dies_is_covered_by_the_other(colocated_pair, api_key):
+    import ray
+    from ray import serve
+
+    from serve_app.compat.ray_serve import haproxy_enabled
+
+    if not haproxy_enabled():
+        pytest.skip("only HAProxy asks a picker (make test-haproxy runs this)")
+    # Two per HAProxy node (RAY_SERVE_INGRESS_ROUTER_REPLICAS_PER_NODE, as the image sets it).
+    pickers = serve.status().applications["colocated-pair"].deployments["ReplicaPicker"]
+    assert pickers.replica_states.get("RUNNING") == 2, pickers
+    names = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+             if "colocated-pair#ReplicaPicker#" in actor["name"]]
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=False)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "still there?"}], "max_tokens": 16, "stream": True}
+    for _ in range(6):  # HAProxy takes the pickers in turn: half of these go to the dead one first
+        with httpx.stream("POST", colocated_pair + "/v1/chat/completions", json=body, headers=headers,
+                          timeout=BOUND_S) as response:
+            assert response.status_code == 200, response.read()

@@ -147,16 +147,18 @@ def test_ray_serve_throughput_mode_is_set_the_same_everywhere_it_runs():
         "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": "134217728",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
+        "RAY_SERVE_INGRESS_ROUTER_REPLICAS_PER_NODE": "2",
         "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.api.proxy_errors:openai_error_bodies",
     }
     assert _ray_serve_env("cluster/node-env.sh", r"^export (RAY_SERVE_\w+)=(\S+)$") == image
-    haproxy = {"RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"}
+    haproxy = {"RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY",
+               "RAY_SERVE_INGRESS_ROUTER_REPLICAS_PER_NODE"}
     loopback = {k: v for k, v in image.items() if k not in haproxy}
     assert _ray_serve_env("Makefile", r"^run: export (RAY_SERVE_\w+) := (\S+)$") == loopback
     assert _ray_serve_env("tests/e2e/conftest.py", r'^\s+"(RAY_SERVE_\w+)": "(\S+)",$') == loopback
-    assert "RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1 $(PY) -m pytest -q tests/e2e" in (
-        REPO_ROOT / "Makefile"
-    ).read_text()
+    haproxy_run = re.search(r"^test-haproxy:.*\n((?:\t.*\n)+)", (REPO_ROOT / "Makefile").read_text(), flags=re.M)
+    assert haproxy_run and "-m pytest -q tests/e2e" in haproxy_run.group(1)
+    assert dict(re.findall(r"(RAY_SERVE_\w+)=(\S+)", haproxy_run.group(1))) == {k: image[k] for k in haproxy}
     # gRPC carries request bodies (data: URLs) and prepared pixels between deployments: its
     # per-message cap must sit above the largest body the ingress accepts.
     from serve_app.config import IngressConfig
