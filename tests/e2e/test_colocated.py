@@ -189,3 +189,21 @@ def test_behind_haproxy_a_picker_that_dies_is_covered_by_the_other(colocated_pai
         with httpx.stream("POST", colocated_pair + "/v1/chat/completions", json=body, headers=headers,
                           timeout=BOUND_S) as response:
             assert response.status_code == 200, response.read()
+
+
+@pytest.mark.parametrize("megabytes", [10, 20])
+def test_behind_haproxy_a_body_too_big_for_the_picker_still_gets_the_apps_answer(colocated_pair, api_key, megabytes):
+    """HAProxy hands the picker at most 8 MiB of a body (it routes a longer one by load); the replica still
+    reads the whole body and answers: 400 for a prompt past the context (10 MB), 400 request_too_large past
+    ingress.max_request_bytes (20 MB), each an OpenAI error body, never HAProxy's own 503."""
+    from serve_app.compat.ray_serve import haproxy_enabled
+
+    if not haproxy_enabled():
+        pytest.skip("only HAProxy asks a picker (make test-haproxy runs this)")
+    text = "word " * (megabytes * 200_000)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 4}
+    response = httpx.post(colocated_pair + "/v1/chat/completions", json=body,
+                          headers={"Authorization": f"Bearer {api_key}"}, timeout=BOUND_S)
+    assert response.status_code == 400, response.text[:300]
+    expected = "request_too_large" if megabytes > 16 else "context_length_exceeded"
+    assert response.json()["error"]["code"] == expected
