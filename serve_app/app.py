@@ -115,15 +115,15 @@ def build_pipeline(config: AppConfig, engine_factory: EngineFactory = vllm_engin
                 "ingress.colocated: the LLM replicas serve the API, so ingress.%s do(es) not apply (llm.* do)",
                 ", ingress.".join(ignored),
             )
+        # Behind Serve's Python proxy, the proxy routes to the replicas with our router. Behind HAProxy,
+        # several replicas get the picker HAProxy asks for each POST (with our router); one replica gets
+        # neither (Serve refuses a custom router on an ingress HAProxy fronts alone).
         options = llm_options(config)
-        if not haproxy_enabled():  # Serve's Python proxy routes to the replicas with our router
-            return ColocatedServer.options(**options).bind(config, pool, engine_factory)
-        if config.llm.autoscaling.max_replicas == 1:
-            # HAProxy forwards to the one replica (Serve refuses a custom router on an ingress it fronts).
+        picker = haproxy_enabled() and config.llm.autoscaling.max_replicas > 1
+        if haproxy_enabled() and not picker:
             del options["request_router_config"]
-            return ColocatedServer.options(**options).bind(config, pool, engine_factory)
         server = ColocatedServer.options(**options).bind(config, pool, engine_factory)
-        return with_picker(server, RoutingPolicy.of(config.llm))  # HAProxy asks it which replica takes a POST
+        return with_picker(server, RoutingPolicy.of(config.llm)) if picker else server
     llm = PixtralServer.options(**llm_options(config)).bind(config, engine_factory)
     return OpenAIIngress.options(
         **_common_options(config.ingress),

@@ -62,7 +62,7 @@ class ChatAndEngine(ChatIngress, PixtralServer.func_or_class):
             others = (self._replicas.engine_replicas() or frozenset()) - {self._replica}
             if not self._hands_on or not others:
                 raise
-            return await ChatIngress._first_chunk(self, key, call, clock, refused_here=refusal)
+            return await ChatIngress._first_chunk(self, key, call, clock, refused_by={self._replica: refusal})
 
 
 ColocatedServer = serve.deployment(name=LLM)(serve.ingress(chat_api(ChatAndEngine))(ChatAndEngine))

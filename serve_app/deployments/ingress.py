@@ -244,21 +244,21 @@ class ChatIngress:
         return JSONResponse(body, headers=headers)
 
     async def _first_chunk(
-        self, key: str, call: GenerateCall, clock: StageClock, refused_here: AdmissionRefusedError | None = None
+        self, key: str, call: GenerateCall, clock: StageClock, refused_by: dict[str, AdmissionRefusedError] | None = None
     ) -> tuple[Any, Any]:
         """The LLM's stream and its first chunk, which comes before any byte is sent, so prompt
         and engine errors still get their own status code. A replica whose admission refuses
         the request hands it on: the router tries the replicas that have not refused it, and
-        the client gets 429 only once every routable replica has. ``refused_here``: this
-        replica's own engine has refused it already (``deployments.colocated``)."""
+        the client gets 429 only once every routable replica has. ``refused_by``: replicas
+        that have refused it already, by id (``deployments.colocated``: the one it arrived at)."""
         request_id = call.request_id
         placements = replica_set.shared()  # not a module-level name: see replica_set.shared
         placement = placements.track(request_id)
-        refusals: list[AdmissionRefusedError] = [refused_here] if refused_here else []
-        this = frozenset({serve.get_replica_context().replica_id.unique_id}) if refused_here else frozenset()
+        refusals: list[AdmissionRefusedError] = list((refused_by or {}).values())
+        refused_before = frozenset(refused_by or ())
         try:
             while True:
-                tag = RoutingTag(request_id=request_id, key=key, avoid=frozenset(placement.replicas) | this)
+                tag = RoutingTag(request_id=request_id, key=key, avoid=frozenset(placement.replicas) | refused_before)
                 handle = self._llm_stream_images if call.images else self._llm_stream
                 stream = handle.options(session_id=tag.encode()).generate.remote(*call)
                 clock.mark("route")  # a refused attempt (admission) counts as route too
@@ -274,7 +274,7 @@ class ChatIngress:
                     routable = self._replicas.engine_replicas() or frozenset()
                     # Every replica has said no (or, should a placement go unreported, as many
                     # refusals as there are replicas: never a loop).
-                    if routable <= set(placement.replicas) | this or len(refusals) >= max(1, len(routable)):
+                    if routable <= set(placement.replicas) | refused_before or len(refusals) >= max(1, len(routable)):
                         raise min(refusals, key=lambda refusal: refusal.retry_after_s or 0) from None
         finally:
             placements.forget(request_id)

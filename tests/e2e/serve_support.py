@@ -21,7 +21,9 @@ def llm_load(app_name: str) -> dict:
     """The LLM replica's own count of what it holds, its autoscaling metrics (a handle call from this test thread)."""
     from ray import serve
 
-    handle = serve.get_deployment_handle("PixtralServer", app_name=app_name)
+    from serve_app.deployments import LLM
+
+    handle = serve.get_deployment_handle(LLM, app_name=app_name)
     return handle.record_autoscaling_stats.remote().result(timeout_s=30)
 
 

@@ -19,8 +19,13 @@ from openai import OpenAI
 from chat_payloads import data_url, jpeg_bytes, user_message
 from serve_support import cpu_app_args, deploy, llm_load
 
+from serve_app.compat.ray_serve import haproxy_enabled
+
 MODEL = "tiny-colocated"
 BOUND_S = 60
+
+# Only HAProxy asks a ReplicaPicker; behind Serve's Python proxy nothing keys the route (load alone).
+haproxy_only = pytest.mark.skipif(not haproxy_enabled(), reason="behind HAProxy only (make test-haproxy runs it)")
 
 
 def _config(api_key: str, replicas: int = 1):
@@ -126,8 +131,6 @@ def test_a_client_that_goes_away_aborts_the_engines_request(colocated_app, api_k
 def test_a_request_one_replica_refuses_is_answered_by_the_other(colocated_pair, api_key):
     from ray import serve
 
-    from serve_app.compat.ray_serve import haproxy_enabled
-
     deployments = set(serve.status().applications["colocated-pair"].deployments)
     # Behind HAProxy, the ReplicaPicker tells it which replica takes each POST.
     assert deployments == {"PixtralServer", "ImagePool"} | ({"ReplicaPicker"} if haproxy_enabled() else set())
@@ -148,11 +151,8 @@ def test_a_request_one_replica_refuses_is_answered_by_the_other(colocated_pair, 
     assert int(third.headers["retry-after"]) >= 1
 
 
+@haproxy_only
 def test_behind_haproxy_every_turn_of_a_conversation_reaches_one_replica(colocated_pair, api_key):
-    from serve_app.compat.ray_serve import haproxy_enabled
-
-    if not haproxy_enabled():
-        pytest.skip("Serve's Python proxy routes on load alone (make test-haproxy runs this)")
     headers = {"Authorization": f"Bearer {api_key}"}
     seen = {}
     for conversation in range(6):
@@ -169,14 +169,11 @@ def test_behind_haproxy_every_turn_of_a_conversation_reaches_one_replica(colocat
     assert all(len(replicas) == 1 for replicas in seen.values()), seen
 
 
+@haproxy_only
 def test_behind_haproxy_a_picker_that_dies_is_covered_by_the_other(colocated_pair, api_key):
     import ray
     from ray import serve
 
-    from serve_app.compat.ray_serve import haproxy_enabled
-
-    if not haproxy_enabled():
-        pytest.skip("only HAProxy asks a picker (make test-haproxy runs this)")
     # Two per HAProxy node (RAY_SERVE_INGRESS_ROUTER_REPLICAS_PER_NODE, as the image sets it).
     pickers = serve.status().applications["colocated-pair"].deployments["ReplicaPicker"]
     assert pickers.replica_states.get("RUNNING") == 2, pickers
@@ -191,15 +188,12 @@ def test_behind_haproxy_a_picker_that_dies_is_covered_by_the_other(colocated_pai
             assert response.status_code == 200, response.read()
 
 
+@haproxy_only
 @pytest.mark.parametrize("megabytes", [10, 20])
 def test_behind_haproxy_a_body_too_big_for_the_picker_still_gets_the_apps_answer(colocated_pair, api_key, megabytes):
     """HAProxy hands the picker at most 8 MiB of a body (it routes a longer one by load); the replica still
     reads the whole body and answers: 400 for a prompt past the context (10 MB), 400 request_too_large past
     ingress.max_request_bytes (20 MB), each an OpenAI error body, never HAProxy's own 503."""
-    from serve_app.compat.ray_serve import haproxy_enabled
-
-    if not haproxy_enabled():
-        pytest.skip("only HAProxy asks a picker (make test-haproxy runs this)")
     text = "word " * (megabytes * 200_000)
     body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 4}
     response = httpx.post(colocated_pair + "/v1/chat/completions", json=body,
