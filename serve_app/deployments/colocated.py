@@ -35,8 +35,10 @@ class ChatAndEngine(ChatIngress, PixtralServer.func_or_class):
     async def __init__(
         self, config: AppConfig, image_pool: DeploymentHandle, engine_factory: EngineFactory = vllm_engine_factory
     ):
-        await PixtralServer.func_or_class.__init__(self, config, engine_factory)
+        # The API's checks (keys, listener) first: a replica that must refuse to start does so in a
+        # second, not after its engine has loaded for minutes.
         await ChatIngress.__init__(self, config, image_pool, llm=None)
+        await PixtralServer.func_or_class.__init__(self, config, engine_factory)
         self._hands_on = config.llm.autoscaling.max_replicas > 1
         if self._hands_on:  # the other replicas, for requests this replica's admission refuses
             self._reach_llm(serve.get_deployment_handle(LLM, self._app_name))

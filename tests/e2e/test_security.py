@@ -66,19 +66,27 @@ def test_keyless_app_on_loopback_is_open_like_make_run(served, monkeypatch):
         serve.delete("open")
 
 
-def test_app_requiring_keys_without_any_refuses_to_start(served, monkeypatch):
+@pytest.mark.parametrize("colocated", [False, True], ids=["ingress", "colocated"])
+def test_app_requiring_keys_without_any_refuses_to_start(served, monkeypatch, colocated):
+    """Whichever replica serves the API refuses to start, and does so before its engine loads
+    (a stand-in engine whose start takes 300 s: a refusal after it would miss the 90 s deadline)."""
     from ray import serve
 
     monkeypatch.delenv("PIXTRAL_SERVE_API_KEYS", raising=False)
-    start_in_background(stand_in_app("FakeFailingEngine", "nokeys", ingress={"auth": "required"}), "nokeys", "/nokeys")
-    deadline = time.monotonic() + 180
+    app = stand_in_app(
+        "FakeSlowStartEngine",
+        "nokeys",
+        ingress={"auth": "required", "colocated": colocated},
+        llm={"engine_start_timeout_s": 300},
+    )
+    start_in_background(app, "nokeys", "/nokeys")
+    deadline = time.monotonic() + 90
     message = ""
     try:
         while time.monotonic() < deadline:
-            app = serve.status().applications.get("nokeys")
-            ingress = app.deployments.get("OpenAIIngress") if app else None
-            message = ingress.message if ingress else ""
-            if app is not None and app.status == "DEPLOY_FAILED":
+            status = serve.status().applications.get("nokeys")
+            message = " ".join(d.message for d in status.deployments.values()) if status else ""
+            if status is not None and status.status == "DEPLOY_FAILED":
                 break
             time.sleep(1)
         assert "no API key is configured" in message
