@@ -130,7 +130,9 @@ class IngressConfig(DeploymentConfig):
         "drain then do not apply (llm's do). With several LLM replicas behind HAProxy, a ReplicaPicker "
         "deployment tells HAProxy which replica takes each request (cache affinity from the body, which "
         "HAProxy forwards with RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1, as the container image sets). "
-        "Experimental: being measured against the separate ingress.",
+        "While no LLM replica runs (its engine loading, a replacement), nothing of the app answers: no /health, "
+        "no 503 + Retry-After, requests wait in Serve's queue. Experimental: being measured against the "
+        "separate ingress.",
     )
     replica_header: bool = Field(
         False,
