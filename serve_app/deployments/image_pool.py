@@ -1,13 +1,15 @@
 """ImagePool: the autoscaled CPU deployment that turns image URLs into pixels.
 
-Its pixels go to the LLM replica by reference (``PooledImage``): the ingress gets the facts it
-routes on and a reference, never the arrays.
+Under load its pixels go to the LLM replica by reference (``PooledImage``): the ingress gets the
+facts it routes on and a reference, never the arrays; a lone request's go by value (``PixelPassing``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -45,6 +47,28 @@ class PooledImage:
     @classmethod
     def put(cls, image: PreparedImage) -> PooledImage:
         return cls(image.content_id, image.width, image.height, ray.put(image))
+
+
+class PixelPassing:
+    """How one ingress replica sends a request's pixels on: by value (``PreparedImage``, over Serve's own
+    transport) while it holds few requests with images, by reference (``PooledImage``) above that
+    (``ImagePoolConfig.pixels_by_value_up_to``), or always by value without ``pixels_by_reference``."""
+
+    def __init__(self, config: ImagePoolConfig):
+        self._by_value_up_to = config.pixels_by_value_up_to if config.pixels_by_reference else None
+        self._in_flight = 0
+
+    @contextmanager
+    def request(self, has_images: bool) -> Iterator[bool]:
+        """Counts a request with images while the block lasts; whether its pixels go by value."""
+        if not has_images:
+            yield False
+            return
+        self._in_flight += 1
+        try:
+            yield self._by_value_up_to is None or self._in_flight <= self._by_value_up_to
+        finally:
+            self._in_flight -= 1
 
 
 async def resolve_pooled(images: list[PooledImage | PreparedImage], timeout_s: float) -> list[PreparedImage]:

@@ -24,6 +24,7 @@ from serve_app.api.server_timing import StageClock, format_server_timing
 from serve_app.compat.ray_serve import REPLICA_GONE, by_reference, serve_http_host
 from serve_app.config import AppConfig, IngressConfig, is_loopback_host
 from serve_app.deployments import INGRESS
+from serve_app.deployments.image_pool import PixelPassing, PooledImage
 from serve_app.deployments.replica_status import ReplicaStatus
 from serve_app.errors import (
     AdmissionRefusedError,
@@ -123,6 +124,8 @@ class ChatIngress:
         # options() starts each handle's router now (not at the first request), so the
         # routers learn the routable replicas, which /ready and the door answer from, at once.
         self._pool = by_reference(image_pool.options())
+        self._pool_by_value = image_pool.options()  # Serve's own transport: gRPC in throughput mode
+        self._pixels = PixelPassing(config.image_pool)
         if llm is not None:
             self._reach_llm(llm)
         self._routing = RoutingPolicy.of(config.llm)
@@ -147,8 +150,8 @@ class ChatIngress:
 
     def _reach_llm(self, llm: DeploymentHandle) -> None:
         self._llm_stream = llm.options(stream=True)  # one handle, not one per request
-        # The pool's pixels go to the LLM by reference (PooledImage): calls with images take the
-        # task path, where the reference is counted; text-only calls keep Serve's transport.
+        # Pixels by reference (PooledImage) take the task path, where the reference is counted;
+        # text-only calls and pixels by value keep Serve's transport.
         self._llm_stream_images = by_reference(self._llm_stream)
 
     def _authenticate(self, request: Request) -> None:
@@ -206,17 +209,18 @@ class ChatIngress:
     async def _complete(self, request: Request, request_id: str, hold: BodyHold, clock: StageClock):
         chat = await self._parse(request, hold, clock)
         clock.mark("parse")
-        images = await self._prepare_images(chat, request_id, by_value=not self._config.image_pool.pixels_by_reference)
-        clock.mark("images")
-        try:
-            return await self._answer(request_id, chat, images, clock)
-        except ImagesLostError:
-            # Ray no longer had the pixels when the LLM read them: their pool replica ended, or
-            # (one H100, 2026-12-06, 512 requests at two replicas) requests handed on after an
-            # admission refusal found them freed. Once more, the pixels this time by value.
-            logger.warning("request %s: its pixels were lost before the LLM read them; retrying by value", request_id)
-            images = await self._prepare_images(chat, request_id, by_value=True)
-            return await self._answer(request_id, chat, images, clock)
+        with self._pixels.request(has_images=bool(chat.image_urls())) as by_value:
+            images = await self._prepare_images(chat, request_id, by_value=by_value)
+            clock.mark("images")
+            try:
+                return await self._answer(request_id, chat, images, clock)
+            except ImagesLostError:
+                # Ray no longer had the pixels when the LLM read them: their pool replica ended, or
+                # (one H100, 2026-12-06, 512 requests at two replicas) requests handed on after an
+                # admission refusal found them freed. Once more, the pixels this time by value.
+                logger.warning("request %s: its pixels were lost before the LLM read them; retrying by value", request_id)
+                images = await self._prepare_images(chat, request_id, by_value=True)
+                return await self._answer(request_id, chat, images, clock)
 
     async def _answer(self, request_id: str, chat: ChatCompletionRequest, images: list[Any], clock: StageClock):
         messages = chat.plain_messages()
@@ -259,7 +263,8 @@ class ChatIngress:
         try:
             while True:
                 tag = RoutingTag(request_id=request_id, key=key, avoid=frozenset(placement.replicas) | refused_before)
-                handle = self._llm_stream_images if call.images else self._llm_stream
+                pooled = any(isinstance(image, PooledImage) for image in call.images)
+                handle = self._llm_stream_images if pooled else self._llm_stream
                 stream = handle.options(session_id=tag.encode()).generate.remote(*call)
                 clock.mark("route")  # a refused attempt (admission) counts as route too
                 try:
@@ -329,7 +334,8 @@ class ChatIngress:
         limit = self._config.engine.max_images_per_prompt
         if len(urls) > limit:
             raise TooManyImagesError(f"{len(urls)} images given; this model takes at most {limit} per request")
-        calls = [self._pool.prepare.remote(url, request_id, by_value) for url, _ in urls]
+        pool = self._pool_by_value if by_value else self._pool
+        calls = [pool.prepare.remote(url, request_id, by_value) for url, _ in urls]
 
         async def one(index: int, call: Any, url: str, param: str) -> Any:
             try:
@@ -339,7 +345,7 @@ class ChatIngress:
                     if not isinstance(unwrap_cause(exc), REPLICA_GONE):
                         raise
                 # The pool replica died on it (scale-down, crash): once more, on another.
-                retry = self._pool.prepare.remote(url, request_id, by_value)
+                retry = pool.prepare.remote(url, request_id, by_value)
                 calls.append(retry)
                 return await retry
             except Exception as exc:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from serve_app.api.models import parse_chat_request_off_loop
-from serve_app.config import IngressConfig
+from serve_app.config import ImagePoolConfig, IngressConfig
+from serve_app.deployments.image_pool import PixelPassing
 from serve_app.deployments.ingress import keys_required
 from serve_app.errors import InvalidRequestError
 
@@ -165,17 +166,49 @@ def test_pixels_lost_before_the_llm_read_them_are_sent_again_by_value():
     cls = OpenAIIngress.func_or_class
     config = yaml.safe_load((Path(__file__).resolve().parents[2] / "config.cpu.yaml").read_text())
     args = config["applications"][0]["args"]
-    ingress = types.SimpleNamespace(_config=AppConfig.model_validate(args), _pool=Pool(), _answer=answer, _parse=parse)
-    ingress._prepare_images = functools.partial(cls._prepare_images, ingress)
+
+    def ingress_with(**image_pool):
+        settings = AppConfig.model_validate({**args, "image_pool": {**args.get("image_pool", {}), **image_pool}})
+        ingress = types.SimpleNamespace(_config=settings, _pool=Pool(), _pool_by_value=Pool(), _answer=answer,
+                                        _parse=parse, _pixels=PixelPassing(settings.image_pool))
+        ingress._prepare_images = functools.partial(cls._prepare_images, ingress)
+        return ingress
+
+    # By reference (as under load: here by value up to 0 requests), then the retry by value.
+    ingress = ingress_with(pixels_by_value_up_to=0)
     assert asyncio.run(cls._complete(ingress, None, "req-1", None, StageClockStub())) == "answer"
-    assert ingress._pool.asked == [False, True]
+    assert ingress._pool.asked == [False] and ingress._pool_by_value.asked == [True]
     assert answered == [[("record", url)], [("pixels", url)]]
 
-    # image_pool.pixels_by_reference: false sends the pixels by value from the first attempt.
-    args["image_pool"] = {**args.get("image_pool", {}), "pixels_by_reference": False}
-    ingress._config, ingress._pool, answered[:] = AppConfig.model_validate(args), Pool(), [None]
-    assert asyncio.run(cls._complete(ingress, None, "req-2", None, StageClockStub())) == "answer"
-    assert ingress._pool.asked == [True] and answered == [None, [("pixels", url)]]
+    # image_pool.pixels_by_reference: false, and a lone request by default: by value from the first attempt,
+    # over Serve's own transport.
+    for ingress in ingress_with(pixels_by_reference=False), ingress_with():
+        answered[:] = [None]
+        assert asyncio.run(cls._complete(ingress, None, "req-2", None, StageClockStub())) == "answer"
+        assert ingress._pool.asked == [] and ingress._pool_by_value.asked == [True]
+        assert answered == [None, [("pixels", url)]]
+
+
+def test_pixels_go_by_value_only_while_the_replica_holds_few_requests_with_images():
+    by_value_up_to_2 = PixelPassing(ImagePoolConfig(pixels_by_value_up_to=2))
+    with by_value_up_to_2.request(has_images=True) as first:
+        with by_value_up_to_2.request(has_images=False) as text:  # text-only requests do not count
+            with by_value_up_to_2.request(has_images=True) as second:
+                with by_value_up_to_2.request(has_images=True) as third:
+                    assert (first, text, second, third) == (True, False, True, False)
+    with by_value_up_to_2.request(has_images=True) as again:  # all three ended: a lone request again
+        assert again is True
+    with pytest.raises(RuntimeError):  # a request that fails still stops counting
+        with by_value_up_to_2.request(has_images=True):
+            raise RuntimeError
+    with by_value_up_to_2.request(has_images=True) as after_failure:
+        assert after_failure is True
+
+    with PixelPassing(ImagePoolConfig(pixels_by_value_up_to=0)).request(has_images=True) as lone:
+        assert lone is False
+    always = PixelPassing(ImagePoolConfig(pixels_by_reference=False, pixels_by_value_up_to=0))
+    with always.request(has_images=True) as a, always.request(has_images=True) as b:
+        assert a is b is True
 
 
 class StageClockStub:
