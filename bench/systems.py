@@ -234,12 +234,9 @@ class System:
         if self.system["kind"] == "vllm":
             return None
         try:
-            apps = serve_applications()
+            return deploy_failures(serve_applications())
         except Exception:  # noqa: BLE001 - Ray or its dashboard still starting
             return None
-        failed = [f"{name}: {((app.get('message') or '').strip().splitlines() or [''])[-1]}"  # a traceback's last line
-                  for name, app in apps.items() if app["status"] == "DEPLOY_FAILED"]
-        return "; ".join(failed) or None
 
     def wait_ready(self, limit_s: float, images: load.ImageStore) -> float | None:
         """Seconds until a chat request with an image succeeds (not /health: our /v1/models and
@@ -274,6 +271,9 @@ class System:
             apps = serve_applications()
             if all(a["status"] == "RUNNING" for a in apps.values()):
                 return time.monotonic() - t0
+            failed = deploy_failures(apps)
+            if failed:  # not waited on to the limit
+                raise RuntimeError(f"{self.name}: the redeploy failed: {failed}")
             time.sleep(1)
         raise TimeoutError(f"{self.name}: not RUNNING {limit_s:.0f} s after a redeploy")
 
@@ -312,6 +312,14 @@ def serve_applications() -> dict:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     return ServeSubmissionClient(DASHBOARD).get_serve_details()["applications"]
+
+
+def deploy_failures(apps: dict) -> str | None:
+    """Serve's message (a traceback's last line) for each application of ``apps`` (as
+    ``serve_applications`` returns them) that failed to deploy; None if none did."""
+    failed = [f"{name}: {((app.get('message') or '').strip().splitlines() or [''])[-1]}"
+              for name, app in apps.items() if app["status"] == "DEPLOY_FAILED"]
+    return "; ".join(failed) or None
 
 
 def drop_page_cache(folder: Path) -> None:

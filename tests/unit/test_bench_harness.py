@@ -73,6 +73,26 @@ def test_a_ray_serve_llm_system_is_started_without_our_config_check(tmp_path, mo
     assert len(started) == 1 and started[0][-2:] == ["run", str(tmp_path / "peer-config.yaml")]
 
 
+def test_a_redeploy_serve_fails_stops_at_once_with_serves_message(tmp_path, monkeypatch):
+    import ray.dashboard.modules.serve.sdk as sdk
+
+    sent = []
+    monkeypatch.setattr(sdk, "ServeSubmissionClient", lambda address: type("Client", (), {
+        "deploy_applications": lambda self, config: sent.append(config)})())
+    statuses = iter([
+        {"pixtral": {"status": "DEPLOYING", "message": ""}},
+        {"pixtral": {"status": "DEPLOY_FAILED", "message": "Traceback (most recent call last):\n"
+                     "ValueError: engine.max_model_len 9 is below the prompt"}},
+    ])
+    monkeypatch.setattr(systems, "serve_applications", lambda: next(statuses))
+    monkeypatch.setattr(systems.time, "sleep", lambda seconds: None)
+    system = systems.System("ours", {"kind": "ours", "config": "config.yaml"}, None, tmp_path)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="pixtral: ValueError: engine.max_model_len 9 is below the prompt"):
+        system.deploy({"engine.max_model_len": 9}, limit_s=900)
+    assert len(sent) == 1 and time.monotonic() - started < 60  # not waited on to the limit
+
+
 def test_systems_naming_the_same_caches_share_them_and_others_start_cold(tmp_path):
     model = {"path": "/m", "served_name": "m", "max_model_len": 8, "max_images_per_prompt": 1}
     envs = {name: systems.System(name, {"kind": kind, "config": "config.yaml", **extra}, model, tmp_path).command()[1]
