@@ -266,8 +266,9 @@ class ImagePoolConfig(DeploymentConfig):
         ge=0,
         description="With pixels_by_reference, a request's pixels still go by value over Serve's own transport "
         "while its ingress replica holds at most this many requests with images, the request included: a lone "
-        "user's image skips the object store's put and get and Ray's task path (one 512x384 image's first token "
-        "~6 ms sooner on the CPU machine, bench/results/2026-12-08-cpu-pixels-by-value-when-idle.md); under "
+        "user's image skips the object store's put and get and Ray's task path (one 512x384 image's serving "
+        "stages 4.8-7.9 ms shorter on the CPU machine, bench/results/2026-12-08-cpu-pixels-by-value-when-idle.md); "
+        "under "
         "load, where a burst's pixels would pile up in the ingress, by reference. 0: always by reference.",
     )
 
