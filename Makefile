@@ -24,7 +24,7 @@ run: export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
 run: export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
 run: export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH := serve_app.api.proxy_errors:openai_error_bodies
 
-.PHONY: run test test-scale-out test-haproxy install model prometheus manifests clean
+.PHONY: run test test-scale-out test-haproxy test-colocated install model prometheus manifests clean
 
 install: $(STAMP)
 
@@ -73,6 +73,11 @@ test-scale-out: $(STAMP) model
 test-haproxy: $(STAMP) model prometheus
 	RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1 RAY_SERVE_INGRESS_ROUTER_REPLICAS_PER_NODE=2 \
 	  $(PY) -m pytest -q tests/e2e
+
+# The e2e suite with every app's API served by its LLM replicas (ingress.colocated), behind Serve's
+# Python proxy; the two tests of what only a separate ingress answers (no engine running) are skipped.
+test-colocated: $(STAMP) model prometheus
+	PIXTRAL_SERVE_E2E_COLOCATED=1 $(PY) -m pytest -q tests/e2e
 
 manifests: $(STAMP)
 	$(PY) -m tools.manifests

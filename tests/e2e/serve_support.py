@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import socket
 import subprocess
 import threading
@@ -15,6 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = REPO / ".cache" / "tiny-pixtral-12b"
 TINY_LARGE = REPO / ".cache" / "tiny-pixtral-large"
 START_TIMEOUT_S = 420
+# `make test-colocated`: every app of the suite serves its API from the LLM replicas (ingress.colocated).
+COLOCATED = os.environ.get("PIXTRAL_SERVE_E2E_COLOCATED") == "1"
 
 
 def llm_load(app_name: str) -> dict:
@@ -48,8 +51,18 @@ def cpu_app_args(**overrides) -> dict:
     config = yaml.safe_load((REPO / "config.cpu.yaml").read_text())
     args = copy.deepcopy(config["applications"][0]["args"])
     args["engine"]["model"] = str(TINY_MODEL)
+    if COLOCATED:
+        args["ingress"]["colocated"] = True
     _merge(args, overrides)
     return args
+
+
+def separate_ingress_only(test):
+    """Skipped under ``make test-colocated``: what the separate ingress answers on its own while no
+    LLM replica runs, which the colocated API cannot (README, How it works)."""
+    import pytest
+
+    return pytest.mark.skipif(COLOCATED, reason="the separate ingress's own answers while no engine runs")(test)
 
 
 def _merge(target: dict, updates: dict) -> None:

@@ -23,7 +23,7 @@ import pytest
 
 from chat_payloads import data_url, jpeg_bytes, long_image_stream, user_message
 import serve_support
-from serve_support import cpu_app_args, deploy, deploy_args
+from serve_support import cpu_app_args, deploy, deploy_args, separate_ingress_only
 
 MODEL = "tiny-faults"
 CAPACITY = 4  # llm.max_ongoing_requests + llm.max_queued_requests below
@@ -205,6 +205,7 @@ def _engine_core_of(deployment: str = "PixtralServer", app_name: str = "faults")
     return replicas[0], cores[0]
 
 
+@separate_ingress_only
 def test_killing_the_engine_core_gives_503_with_retry_after_then_recovers(faults_app, api_key):
     replica, core = _engine_core_of()
     long_answer: dict[str, httpx.Response] = {}

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from serve_support import cpu_app_args, deploy
+from serve_support import cpu_app_args, deploy, separate_ingress_only
 
 from serve_app.errors import ImageNotFoundError
 
@@ -95,6 +95,7 @@ def test_app_requiring_keys_without_any_refuses_to_start(served, monkeypatch, co
         serve.delete("nokeys")
 
 
+@separate_ingress_only
 def test_while_the_engine_loads_health_answers_ready_waits_and_chat_is_refused_at_once(served, api_key):
     """While the engine is still loading, /health answers (it never calls the engine), /ready
     says what it waits for, and a chat request gets 503 + Retry-After at once instead of
