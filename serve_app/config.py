@@ -262,14 +262,15 @@ class ImagePoolConfig(DeploymentConfig):
         "under overload on an H100: bench/results/2026-12-06-h100-fractional.md).",
     )
     pixels_by_value_up_to: int = Field(
-        2,
+        8,
         ge=0,
         description="With pixels_by_reference, a request's pixels still go by value over Serve's own transport "
-        "while its ingress replica holds at most this many requests with images, the request included: a lone "
-        "user's image skips the object store's put and get and Ray's task path (one 512x384 image's serving "
-        "stages 4.8-7.9 ms shorter on the CPU machine, bench/results/2026-12-08-cpu-pixels-by-value-when-idle.md); "
-        "under "
-        "load, where a burst's pixels would pile up in the ingress, by reference. 0: always by reference.",
+        "while its ingress replica holds at most this many requests with images, the request included: no "
+        "object-store put and read back, no Ray task path. On the CPU machine (2026-12-08, "
+        "bench/results/2026-12-08-cpu-pixels-by-value-threshold.md) three 512x384 users at once spent 5-17 ms "
+        "less per request in the serving stages and 8 unique 1024x768 at once 11 ms less, with less CPU; one "
+        "user from 7.9 ms less to 0.9 ms more over four runs. Above it, where a burst's pixels would pile up in the ingress (32 at once: "
+        "bench/results/2026-12-06-cpu-pixels-by-reference.md), by reference. 0: always by reference.",
     )
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,12 +58,9 @@ def cpu_app_args(**overrides) -> dict:
     return args
 
 
-def separate_ingress_only(test):
-    """Skipped under ``make test-colocated``: what the separate ingress answers on its own while no
-    LLM replica runs, which the colocated API cannot (README, How it works)."""
-    import pytest
-
-    return pytest.mark.skipif(COLOCATED, reason="the separate ingress's own answers while no engine runs")(test)
+# Skipped under `make test-colocated`: what the separate ingress answers on its own while no LLM
+# replica runs, which the colocated API cannot (README, How it works).
+separate_ingress_only = pytest.mark.skipif(COLOCATED, reason="the separate ingress's own answers while no engine runs")
 
 
 def _merge(target: dict, updates: dict) -> None:
