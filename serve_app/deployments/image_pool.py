@@ -1,7 +1,8 @@
 """ImagePool: the autoscaled CPU deployment that turns image URLs into pixels.
 
 Under load its pixels go to the LLM replica by reference (``PooledImage``): the ingress gets the
-facts it routes on and a reference, never the arrays; a lone request's go by value (``PixelPassing``).
+facts it routes on and a reference, never the arrays; with few requests in flight, by value
+(``PixelPassing``).
 """
 
 from __future__ import annotations
