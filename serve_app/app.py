@@ -119,8 +119,9 @@ def build_pipeline(config: AppConfig, engine_factory: EngineFactory = vllm_engin
         # several replicas get the picker HAProxy asks for each POST (with our router); one replica gets
         # neither (Serve refuses a custom router on an ingress HAProxy fronts alone).
         options = llm_options(config)
-        picker = haproxy_enabled() and config.llm.autoscaling.max_replicas > 1
-        if haproxy_enabled() and not picker:
+        haproxy = haproxy_enabled()
+        picker = haproxy and config.llm.autoscaling.max_replicas > 1
+        if haproxy and not picker:
             del options["request_router_config"]
         server = ColocatedServer.options(**options).bind(config, pool, engine_factory)
         return with_picker(server, RoutingPolicy.of(config.llm)) if picker else server

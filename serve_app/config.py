@@ -269,8 +269,9 @@ class ImagePoolConfig(DeploymentConfig):
         "object-store put and read back, no Ray task path. On the CPU machine (2026-12-08, "
         "bench/results/2026-12-08-cpu-pixels-by-value-threshold.md) three 512x384 users at once spent 5-17 ms "
         "less per request in the serving stages and 8 unique 1024x768 at once 11 ms less, with less CPU; one "
-        "user from 7.9 ms less to 0.9 ms more over four runs. Above it, where a burst's pixels would pile up in the ingress (32 at once: "
-        "bench/results/2026-12-06-cpu-pixels-by-reference.md), by reference. 0: always by reference.",
+        "user from 7.9 ms less to 0.9 ms more over four runs. Above it, where a burst's pixels would pile up "
+        "in the ingress (32 at once: bench/results/2026-12-06-cpu-pixels-by-reference.md), by reference. "
+        "0: always by reference.",
     )
 
 

@@ -209,8 +209,9 @@ class ChatIngress:
     async def _complete(self, request: Request, request_id: str, hold: BodyHold, clock: StageClock):
         chat = await self._parse(request, hold, clock)
         clock.mark("parse")
-        with self._pixels.request(has_images=bool(chat.image_urls())) as by_value:
-            images = await self._prepare_images(chat, request_id, by_value=by_value)
+        urls = chat.image_urls()
+        with self._pixels.request(has_images=bool(urls)) as by_value:
+            images = await self._prepare_images(urls, request_id, by_value=by_value)
             clock.mark("images")
             try:
                 return await self._answer(request_id, chat, images, clock)
@@ -219,7 +220,7 @@ class ChatIngress:
                 # (one H100, 2026-12-06, 512 requests at two replicas) requests handed on after an
                 # admission refusal found them freed. Once more, the pixels this time by value.
                 logger.warning("request %s: its pixels were lost before the LLM read them; retrying by value", request_id)
-                images = await self._prepare_images(chat, request_id, by_value=True)
+                images = await self._prepare_images(urls, request_id, by_value=True)
                 return await self._answer(request_id, chat, images, clock)
 
     async def _answer(self, request_id: str, chat: ChatCompletionRequest, images: list[Any], clock: StageClock):
@@ -260,11 +261,11 @@ class ChatIngress:
         placement = placements.track(request_id)
         refusals: list[AdmissionRefusedError] = list((refused_by or {}).values())
         refused_before = frozenset(refused_by or ())
+        pooled = any(isinstance(image, PooledImage) for image in call.images)
+        handle = self._llm_stream_images if pooled else self._llm_stream
         try:
             while True:
                 tag = RoutingTag(request_id=request_id, key=key, avoid=frozenset(placement.replicas) | refused_before)
-                pooled = any(isinstance(image, PooledImage) for image in call.images)
-                handle = self._llm_stream_images if pooled else self._llm_stream
                 stream = handle.options(session_id=tag.encode()).generate.remote(*call)
                 clock.mark("route")  # a refused attempt (admission) counts as route too
                 try:
@@ -325,10 +326,8 @@ class ChatIngress:
         chat.check_limits(self._config.chat_fields, max_tokens_limit=self._config.max_tokens_limit)
         return chat
 
-    async def _prepare_images(
-        self, chat: ChatCompletionRequest, request_id: str, by_value: bool = False
-    ) -> list[Any]:
-        urls = chat.image_urls()
+    async def _prepare_images(self, urls: list[tuple[str, str]], request_id: str, by_value: bool = False) -> list[Any]:
+        """The prepared images of ``urls`` (``ChatCompletionRequest.image_urls``: url, param path)."""
         if not urls:  # text only: no pool call at all
             return []
         limit = self._config.engine.max_images_per_prompt

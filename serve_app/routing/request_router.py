@@ -110,18 +110,22 @@ class CacheAffinityRouter(FIFOMixin, RequestRouter):
         by_id = {replica.replica_id.unique_id: replica for replica in fresh}
         cache = self.replica_queue_len_cache
         lens = {name: cache.get(replica.replica_id) for name, replica in by_id.items()}
-        if pending_request is not None and PICK_ONLY in pending_request.args:
-            unknown = [by_id[name] for name, length in lens.items() if length is None]
-            for replica, length in await probe_queue_lens(self, unknown) if unknown else ():
-                lens[replica.replica_id.unique_id] = length
+        unknown = [by_id[name] for name, length in lens.items() if length is None]
+        pick_only = pending_request is not None and PICK_ONLY in pending_request.args
+        if unknown and pick_only:
+            await self._probe_into(lens, unknown)
+            unknown = []
         decision = route(tag.key, lens, busy_at=self._busy_at, rng=self._rng)
         preferred_len = lens[decision.preferred]
-        unknown = [by_id[name] for name, length in lens.items() if length is None]
         if not decision.fell_back and preferred_len is not None and preferred_len >= self._busy_at and unknown:
             # The preferred replica is busy and some others have no fresh queue length: ask
             # them (one round, Serve's deadline), since an idle replica is what falls out of
             # the cache first.
-            for replica, length in await probe_queue_lens(self, unknown):
-                lens[replica.replica_id.unique_id] = length
+            await self._probe_into(lens, unknown)
             decision = route(tag.key, lens, busy_at=self._busy_at, rng=self._rng)
         return [[by_id[name]] for name in decision.order] + ([refused] if refused else [])
+
+    async def _probe_into(self, lens: dict[str, int | None], replicas: list[RunningReplica]) -> None:
+        """Queue lengths of ``replicas`` asked of them (one round, Serve's deadline) into ``lens``."""
+        for replica, length in await probe_queue_lens(self, replicas):
+            lens[replica.replica_id.unique_id] = length
